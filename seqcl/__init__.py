@@ -1,0 +1,3 @@
+"""seqcl — contrastive learning for sequential recommendation, as plugins."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data: reading, preprocessing, caching, splitting and windowing sequences."""

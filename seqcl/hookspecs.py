@@ -1,0 +1,64 @@
+"""The plugin contract: every hook a seqcl plugin may implement.
+
+A plugin is any module or object with functions marked ``@hookimpl``; it is
+found through the ``seqcl`` entry-point group (the shipped plugins under
+``plugins/`` use the same mechanism) or loaded with ``--plugin some.module``.
+
+Registration hooks follow simonw/llm's shape: the core passes a ``register``
+callback, so it knows which plugin registered which name, can list it, and can
+report a duplicate with both owners. Hooks are called once, at start-up, for
+discovery only; a run then builds just the components it selected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("seqcl")
+hookimpl = pluggy.HookimplMarker("seqcl")
+
+#: ``register(name, factory, description, options=None)`` — see
+#: :meth:`seqcl.registry.Registry.add`.
+Register = Callable[..., None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register sequence encoders (kind ``encoder``).
+
+    Called once per plugin at start-up. Call ``register(name, factory,
+    description, options=OptionsDataclass)`` for each encoder; ``factory(options,
+    context)`` must return a :class:`seqcl.interfaces.Encoder`. Every
+    implementation is called; names must be unique across all plugins.
+    """
+
+
+@hookspec
+def register_augmenters(register: Register) -> None:
+    """Register augmenters (kind ``augmenter``): what produces the views.
+
+    Called once per plugin at start-up. ``factory(options, context)`` must
+    return a :class:`seqcl.interfaces.Augmenter`. Every implementation is
+    called; names must be unique across all plugins.
+    """
+
+
+@hookspec
+def register_loss_terms(register: Register) -> None:
+    """Register auxiliary loss terms (kind ``loss_term``), e.g. ``cl``, ``align``.
+
+    Called once per plugin at start-up. ``factory(options, context)`` must
+    return a :class:`seqcl.interfaces.LossTerm`; ``options`` must be a dataclass
+    with a float field ``weight``. Every implementation is called; names must be
+    unique across all plugins.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add subcommands to the ``seqcl`` click group ``cli``.
+
+    Called once per plugin when the CLI starts. Every implementation is called.
+    """

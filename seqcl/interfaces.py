@@ -1,0 +1,156 @@
+"""The three component interfaces: Encoder, Augmenter, LossTerm (+ the data they share).
+
+One training step, as the core runs it (``seqcl.training``)::
+
+    h_in  = encoder.embed(batch.items)               # (B, T, d), one dropout sample
+    H     = encoder.contextualize(h_in, batch.items)  # (B, T, d)
+    h     = H[:, -1]                                  # (B, d) user representation
+    loss  = main_loss(h, item table, batch.targets)
+    views = augmenter(batch, encoder, h_in, h)        # named (B, d) views + pairs
+    loss += Σ weight_i · term_i(views, batch)         # only the selected terms
+
+The augmenter receives the main path's own ``h_in`` and ``h`` so nothing is
+recomputed: ACLSRec transforms ``h_in`` and runs the Transformer once more;
+CL4SRec encodes two augmented copies of ``batch.items``; DuoRec re-encodes
+(another dropout sample) and encodes a same-target sample. The core has no
+special case for any of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    """A batch of training samples.
+
+    items:      (B, T) long, left-padded with 0; the most recent item is in slot T-1.
+    targets:    (B,)   long, next item of each sample, in 1..num_items.
+    sample_ids: (B,)   long, row of each sample in :class:`seqcl.data.dataset.TrainSamples`.
+    """
+
+    items: Tensor
+    targets: Tensor
+    sample_ids: Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.items.shape[0])
+
+    def lengths(self) -> Tensor:
+        """(B,) number of real (non-padding) items of each row."""
+        return (self.items > 0).sum(dim=1)
+
+
+@dataclass
+class Views:
+    """Named representations produced by an augmenter, and the pairs to contrast.
+
+    tensors: name → (B, d). ``pairs`` lists (a, b) view names; row u of ``a`` is
+    the positive of row u of ``b``. Generic loss terms (``cl``, ``boundary``)
+    sum over all pairs; ``align`` needs exactly two.
+    """
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def pair_tensors(self) -> list[tuple[Tensor, Tensor]]:
+        return [(self.tensors[a], self.tensors[b]) for a, b in self.pairs]
+
+
+@dataclass
+class BuildContext:
+    """What a component factory may need to know, besides its own options.
+
+    num_items:   real items are 1..num_items; 0 is padding. Extra rows (a mask
+                 token) sit after num_items and are never scored.
+    extra_rows:  extra item-table rows requested by the augmenter.
+    hidden_size: d, the width of every (B, d) view (the encoder's ``hidden_size``).
+    max_len:     T, the window length.
+    tau:         the shared temperature of the contrastive terms (``loss.tau``).
+    train:       the training samples (a :class:`seqcl.data.dataset.TrainSamples`).
+    cache_dir:   where a component may cache derived tensors (key them by ``data_key``).
+    data_key:    hash of the data file and its preprocessing settings.
+    """
+
+    num_items: int
+    max_len: int
+    hidden_size: int
+    tau: float = 1.0
+    extra_rows: int = 0
+    train: Any = None
+    cache_dir: Path | None = None
+    data_key: str = ""
+    device: torch.device = torch.device("cpu")
+
+
+class Encoder(nn.Module, ABC):
+    """Maps left-padded item windows to per-slot representations, in two stages.
+
+    The stages are separate (SPEC §2) because ACLSRec perturbs ``H_in`` between
+    them. Row 0 of the item table is padding; rows 1..num_items are items; any
+    ``extra_rows`` follow.
+    """
+
+    hidden_size: int
+
+    @abstractmethod
+    def embed(self, items: Tensor) -> Tensor:
+        """(B, T) long → H_in (B, T, d): item + position embedding, LayerNorm, dropout."""
+
+    @abstractmethod
+    def contextualize(self, h_in: Tensor, items: Tensor) -> Tensor:
+        """H_in (B, T, d) → H (B, T, d); ``items`` (B, T) gives the padding mask."""
+
+    @abstractmethod
+    def item_table(self) -> Tensor:
+        """(num_items + 1 + extra_rows, d): the item embedding matrix (output layer too)."""
+
+    def encode(self, items: Tensor) -> Tensor:
+        """(B, T) long → (B, d): the user representation at the last slot."""
+        return self.contextualize(self.embed(items), items)[:, -1]
+
+
+class Augmenter(nn.Module):
+    """Produces named views (and the pairs to contrast) for one batch.
+
+    Class attributes, read before the augmenter is built:
+
+    * ``default_terms``: loss terms this augmenter enables, each with option
+      overrides, e.g. ``{"cl": {"weight": 0.1}}``. They show in the resolved
+      config; ``--without NAME`` removes one, ``--with NAME`` adds another.
+    * ``default_tau``: its default for the shared temperature ``loss.tau``.
+
+    Instance attribute ``extra_rows``: item-table rows to add after the real
+    items (CL4SRec's mask token). They are never scored or ranked.
+    """
+
+    default_terms: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_tau: ClassVar[float] = 1.0
+    extra_rows: int = 0
+
+    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, h: Tensor) -> Views:  # noqa: D401
+        """Views for ``batch``. ``h_in`` (B, T, d) and ``h`` (B, d) are the main path's."""
+        return Views()
+
+
+@runtime_checkable
+class LossTerm(Protocol):
+    """An auxiliary loss: views (+ batch) → unweighted scalar.
+
+    The core multiplies by the term's ``weight`` option and adds it to the main
+    loss; a removed term is never computed, weight 0 means computed and logged
+    but not added. A term that needs in-batch negatives returns 0 for a batch of
+    one and is logged as skipped.
+    """
+
+    needs_negatives: bool
+
+    def __call__(self, views: Views, batch: Batch) -> Tensor: ...

@@ -6,10 +6,10 @@ One training step, as the core runs it (``seqcl.training``)::
     H     = encoder.contextualize(h_in, batch.items)  # (B, T, d)
     h     = H[:, -1]                                  # (B, d) user representation
     loss  = main_loss(h, item table, batch.targets)
-    views = augmenter(batch, encoder, h_in, h)        # named (B, d) views + pairs
+    views = augmenter(batch, encoder, h_in, H)        # named (B, d) views + pairs
     loss += Σ weight_i · term_i(views, batch)         # only the selected terms
 
-The augmenter receives the main path's own ``h_in`` and ``h`` so nothing is
+The augmenter receives the main path's own ``h_in`` and ``H`` so nothing is
 recomputed: ACLSRec transforms ``h_in`` and runs the Transformer once more;
 CL4SRec encodes two augmented copies of ``batch.items``; DuoRec re-encodes
 (another dropout sample) and encodes a same-target sample. The core has no
@@ -78,6 +78,9 @@ class BuildContext:
     train:       the training samples (a :class:`seqcl.data.dataset.TrainSamples`).
     cache_dir:   where a component may cache derived tensors (key them by ``data_key``).
     data_key:    hash of the data file and its preprocessing settings.
+    view_pairs:  the augmenter's view pairs (set before the terms are built).
+    augmenter:   the augmenter's name (for error messages).
+    seed:        the run's seed (components draw their own init from it).
     """
 
     num_items: int
@@ -89,6 +92,9 @@ class BuildContext:
     cache_dir: Path | None = None
     data_key: str = ""
     device: torch.device = torch.device("cpu")
+    view_pairs: list[tuple[str, str]] = field(default_factory=list)
+    augmenter: str = ""
+    seed: int = 0
 
 
 class Encoder(nn.Module, ABC):
@@ -128,16 +134,21 @@ class Augmenter(nn.Module):
       config; ``--without NAME`` removes one, ``--with NAME`` adds another.
     * ``default_tau``: its default for the shared temperature ``loss.tau``.
 
-    Instance attribute ``extra_rows``: item-table rows to add after the real
-    items (CL4SRec's mask token). They are never scored or ranked.
+    Instance attributes, read after it is built and before the encoder and the
+    terms are: ``extra_rows``, item-table rows to add after the real items
+    (CL4SRec's mask token; never scored or ranked), and ``pairs``, the view
+    pairs its ``Views`` will carry (so a term can reject an augmenter at build
+    time, e.g. ``align`` needs two pairs).
     """
 
     default_terms: ClassVar[dict[str, dict[str, Any]]] = {}
     default_tau: ClassVar[float] = 1.0
     extra_rows: int = 0
+    pairs: list[tuple[str, str]] = []
 
-    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, h: Tensor) -> Views:  # noqa: D401
-        """Views for ``batch``. ``h_in`` (B, T, d) and ``h`` (B, d) are the main path's."""
+    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:  # noqa: D401
+        """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
+        embedding output and Transformer output; the main representation is ``hidden[:, -1]``."""
         return Views()
 
 

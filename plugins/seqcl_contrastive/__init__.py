@@ -1,0 +1,133 @@
+"""Shipped plugin: generic contrastive loss terms over named view pairs.
+
+``cl`` (NT-Xent / InfoNCE, SPEC §5), ``align`` (ACLSRec's distance constraint,
+SPEC §6) and ``boundary`` (ACLSRec's dynamic-boundary regularizer, SPEC §7).
+They read only ``Views.pairs``, so any augmenter can use them: ``R`` on
+CL4SRec's two views is ``--augmenter crop --with boundary``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from seqcl import losses
+from seqcl.errors import ConfigError
+from seqcl.hookspecs import hookimpl
+from seqcl.interfaces import Batch, BuildContext, Views
+
+
+def _check_weight(name: str, weight: float) -> None:
+    if weight < 0:
+        raise ConfigError(f"loss.{name}.weight must be >= 0, got {weight}")
+
+
+def _require_pairs(term: str, ctx: BuildContext, exactly: int | None = None) -> None:
+    pairs = ctx.view_pairs
+    shown = ", ".join(f"({a}, {b})" for a, b in pairs) or "no view pairs"
+    if exactly is None and not pairs:
+        raise ConfigError(f"loss term {term} needs at least one view pair; augmenter {ctx.augmenter!r} provides none")
+    if exactly is not None and len(pairs) != exactly:
+        raise ConfigError(
+            f"loss term {term} needs exactly {exactly} view pairs (anchor, restored), (perturbed, perturbed'); "
+            f"augmenter {ctx.augmenter!r} provides {len(pairs)}: {shown}"
+        )
+
+
+def _zero_like(views: Views) -> Tensor:
+    return next(iter(views.tensors.values())).sum() * 0.0
+
+
+@dataclass
+class ContrastiveOptions:
+    """``cl``: Σ over view pairs of NT-Xent (default) or one-sided InfoNCE; τ is ``loss.tau``."""
+
+    weight: float = 0.1
+    sim: Literal["dot", "cos"] = "dot"
+    kind: Literal["nt_xent", "info_nce"] = "nt_xent"
+
+    def validate(self) -> None:
+        _check_weight("cl", self.weight)
+
+
+class ContrastiveTerm:
+    """L_cl = Σ_pairs contrastive(a, b): for ACLSRec L_or + L_pp (SPEC §5)."""
+
+    needs_negatives = True
+
+    def __init__(self, options: ContrastiveOptions, ctx: BuildContext) -> None:
+        _require_pairs("cl", ctx)
+        self.options, self.tau = options, ctx.tau
+
+    def __call__(self, views: Views, batch: Batch) -> Tensor:
+        o = self.options
+        values = [losses.contrastive(a, b, self.tau, sim=o.sim, kind=o.kind) for a, b in views.pair_tensors()]
+        return torch.stack(values).sum() if values else _zero_like(views)
+
+
+@dataclass
+class AlignOptions:
+    """``align``: (d(o, pr) − d(p, op))², d = (1 − cos)/τ, with the shared ``loss.tau``."""
+
+    weight: float = 1.0
+
+    def validate(self) -> None:
+        _check_weight("align", self.weight)
+
+
+class AlignTerm:
+    """L_align (SPEC §6): the two pairs' cosine distances should match."""
+
+    needs_negatives = False
+
+    def __init__(self, options: AlignOptions, ctx: BuildContext) -> None:
+        _require_pairs("align", ctx, exactly=2)
+        self.tau = ctx.tau
+
+    def __call__(self, views: Views, batch: Batch) -> Tensor:
+        (o, pr), (p, op) = views.pair_tensors()
+        return losses.alignment(o, pr, p, op, self.tau)
+
+
+@dataclass
+class BoundaryOptions:
+    """``boundary``: Σ over view pairs of R (SPEC §7, read as printed; not a margin loss)."""
+
+    weight: float = 0.005
+    sim: Literal["dot", "cos"] = "dot"
+    detach_bounds: bool = False
+    per_anchor: bool = False
+
+    def validate(self) -> None:
+        _check_weight("boundary", self.weight)
+
+
+class BoundaryTerm:
+    """R = R(o, pr) + R(p, op) for ACLSRec (a sum: a mean would halve γ's effect)."""
+
+    needs_negatives = True
+
+    def __init__(self, options: BoundaryOptions, ctx: BuildContext) -> None:
+        _require_pairs("boundary", ctx)
+        self.options = options
+
+    def __call__(self, views: Views, batch: Batch) -> Tensor:
+        o = self.options
+        values = [
+            losses.dynamic_boundary(a, b, sim=o.sim, detach_bounds=o.detach_bounds, per_anchor=o.per_anchor)
+            for a, b in views.pair_tensors()
+        ]
+        return torch.stack(values).sum() if values else _zero_like(views)
+
+
+@hookimpl
+def register_loss_terms(register):
+    register("cl", ContrastiveTerm, "contrastive loss over view pairs (NT-Xent default, InfoNCE option)",
+             options=ContrastiveOptions)
+    register("align", AlignTerm, "ACLSRec distance constraint L_align between two view pairs",
+             options=AlignOptions)
+    register("boundary", BoundaryTerm, "ACLSRec dynamic-boundary regularizer R (as printed, not a margin)",
+             options=BoundaryOptions)

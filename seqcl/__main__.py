@@ -1,0 +1,3 @@
+from seqcl.cli import entry
+
+entry()

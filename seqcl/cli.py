@@ -1,0 +1,150 @@
+"""The ``seqcl`` command line: ``train``, ``plugins``, ``data stats`` (+ plugin commands).
+
+User mistakes (``SeqclError``) print one line and exit with code 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import click
+
+from seqcl.errors import SeqclError
+
+
+@functools.lru_cache(maxsize=None)
+def _load(plugin_modules: tuple[str, ...] = ()):
+    """Discover plugins once per process (per set of ``--plugin`` modules)."""
+    from seqcl.plugins import load_plugins
+
+    loaded = load_plugins(plugin_modules)
+    for problem in loaded.broken:
+        click.echo(f"warning: plugin {problem} (skipped)", err=True)
+    return loaded
+
+
+plugin_option = click.option(
+    "--plugin", "plugin_modules", multiple=True, metavar="MODULE",
+    help="Import an uninstalled module as a plugin (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="seqcl")
+def cli(debug: bool) -> None:
+    """seqcl: contrastive learning for sequential recommendation, as plugins."""
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--dataset", help="Data file (sequences .txt[.gz], RecBole .inter, raw .csv/.tsv) or 'builtin'.")
+@click.option("--augmenter", help="Augmenter name (see `seqcl plugins`); default none.")
+@click.option("--encoder", help="Encoder name; default sasrec.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+@click.option("--with", "with_terms", multiple=True, metavar="TERM", help="Add a loss term.")
+@click.option("--without", "without_terms", multiple=True, metavar="TERM", help="Remove a loss term.")
+@click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
+@click.option("--seed", type=int, help="Shortcut for --set train.seed=N.")
+@click.option("--device", help="Shortcut for --set train.device=DEVICE (cpu, cuda).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@plugin_option
+def train(config_file, dataset, augmenter, encoder, assignments, with_terms, without_terms, epochs, seed, device,
+          dry_run, plugin_modules) -> None:
+    """Train a model and print valid/test metrics at the best epoch."""
+    from seqcl.config import parse_assignment, read_yaml, resolve
+
+    loaded = _load(tuple(plugin_modules))
+    file_config = read_yaml(config_file) if config_file else {}
+    overrides = [parse_assignment(a) for a in assignments]
+    for key, value in (("dataset", dataset), ("augmenter", augmenter), ("encoder", encoder),
+                       ("train.epochs", epochs), ("train.seed", seed), ("train.device", device)):
+        if value is not None:
+            overrides.append((key, value))
+    resolved = resolve(loaded.registry, file_config, overrides, list(with_terms), list(without_terms))
+    if dry_run:
+        click.echo(resolved.to_yaml(), nl=False)
+        return
+    from seqcl.training import format_table, train as run_training
+
+    result = run_training(resolved, loaded)
+    click.echo(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.1f}s); run: {result.run_dir}")
+    click.echo(format_table(result, resolved.eval.ks))
+
+
+@cli.command("plugins")
+@plugin_option
+def list_plugins(plugin_modules) -> None:
+    """List every registered component: kind, name, plugin, description."""
+    loaded = _load(tuple(plugin_modules))
+    rows = [(c.kind, c.name, f"{c.plugin} ({loaded.sources.get(c.plugin, '?')})", c.description)
+            for c in loaded.registry.all()]
+    widths = [max(len(r[i]) for r in rows + [("kind", "name", "plugin", "")]) for i in range(3)]
+    click.echo(f"{'kind':{widths[0]}}  {'name':{widths[1]}}  {'plugin':{widths[2]}}  description")
+    for kind, name, plugin, desc in rows:
+        click.echo(f"{kind:{widths[0]}}  {name:{widths[1]}}  {plugin:{widths[2]}}  {desc}")
+
+
+@cli.group()
+def data() -> None:
+    """Inspect datasets."""
+
+
+@data.command("stats")
+@click.argument("path")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override data.* settings.")
+def data_stats(path: str, assignments: tuple[str, ...]) -> None:
+    """Print users, items, actions, avg.len and density of PATH (after preprocessing)."""
+    from seqcl.config import build_options, parse_assignment
+    from seqcl.data.loading import describe, format_stats, load_data
+    from seqcl.data.options import DataOptions
+    from seqcl.errors import ConfigError
+
+    values: dict[str, Any] = {}
+    for key, value in map(parse_assignment, assignments):
+        field = key.removeprefix("data.")
+        if field not in DataOptions.__dataclass_fields__:
+            raise ConfigError(f"--set: unknown key {key!r} (data stats takes data.* keys)")
+        values[field] = value
+    data_obj, _ = load_data(path, build_options(DataOptions, values, "data"))
+    click.echo(format_stats(describe(data_obj)))
+
+
+def _add_plugin_commands() -> None:
+    try:
+        loaded = _load()
+    except SeqclError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        return
+    loaded.manager.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        _add_plugin_commands()
+        result = cli.main(args=argv, prog_name="seqcl", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except SeqclError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

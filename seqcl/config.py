@@ -1,0 +1,401 @@
+"""Configuration: typed defaults in code → YAML file → ``--set key=value``, then validation.
+
+The resolved config is a nested plain dict (what ``config.yaml`` in a run
+directory holds). Sections:
+
+* ``dataset``, ``encoder``, ``augmenter``: names; ``terms``: the active loss terms;
+* ``data``, ``train``, ``eval``, ``run``: core settings (dataclasses below);
+* ``loss``: the main loss, the shared temperature ``tau`` and one sub-section per
+  active term (its options, ``weight`` among them);
+* one section named after the selected encoder and one after the augmenter
+  (their option dataclasses, registered by the plugin).
+
+Every value is converted to its field's type; unknown keys are an error with a
+"did you mean". Nothing reads ``sys.argv`` here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from seqcl.data.options import DataOptions
+from seqcl.errors import ConfigError
+from seqcl.registry import Registry
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation and model selection (SPEC §1–2 defaults)."""
+
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    metric: str = "mrr@10"
+    seed: int = 2026
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch's default
+
+    def validate(self) -> None:
+        _positive(self, "train", "epochs", "batch_size")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 1:
+            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads must be >= 0, got {self.threads}")
+
+
+@dataclass
+class EvalOptions:
+    """Full-ranking evaluation (SPEC §1)."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10])
+    exclude_history: bool = True
+    batch_size: int = 2048
+
+    def validate(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks must be a non-empty list of integers >= 1, got {self.ks}")
+        _positive(self, "eval", "batch_size")
+
+
+@dataclass
+class LossOptions:
+    """Main loss (SPEC §3) and the temperature shared by the contrastive terms."""
+
+    main: Literal["ce", "sampled", "bce"] = "ce"
+    negatives: int = 1  # K of the sampled loss
+    include_pad_logit: bool = False  # RecBole parity only
+    tau: float = 1.0  # overwritten by the augmenter's default_tau
+
+    def validate(self) -> None:
+        _positive(self, "loss", "negatives")
+        if self.tau <= 0:
+            raise ConfigError(f"loss.tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class RunOptions:
+    """Where results go."""
+
+    dir: str = "runs"
+    name: str = ""  # "" → <time>-<augmenter>-<dataset>
+    save_ranks: bool = True
+
+
+CORE_SECTIONS: dict[str, type] = {
+    "data": DataOptions,
+    "train": TrainOptions,
+    "eval": EvalOptions,
+    "run": RunOptions,
+}
+SELECTION_KEYS = ("dataset", "encoder", "augmenter")
+DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none"}
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise ConfigError(f"{section}.{name} must be >= 1, got {value}")
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"a.b=1e-3"`` → ``("a.b", "1e-3" parsed by yaml.safe_load)``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a config file; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {"a.b": value}; dict values that are sections are descended into."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+# ------------------------------------------------------------------ conversion
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML value to the field's annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [coerce(v, inner, key) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def build_options(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values`` (already checked for unknown keys)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            kwargs[f.name] = coerce(values[f.name], hints[f.name], f"{section}.{f.name}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+# ------------------------------------------------------------------- resolving
+
+
+@dataclass
+class Resolved:
+    """The resolved config (plain dict) and the typed option objects built from it."""
+
+    tree: dict[str, Any]
+    data: DataOptions
+    train: TrainOptions
+    eval: EvalOptions
+    loss: LossOptions
+    run: RunOptions
+    encoder_options: Any
+    augmenter_options: Any
+    term_options: dict[str, Any]
+
+    @property
+    def dataset(self) -> str:
+        return self.tree["dataset"]
+
+    @property
+    def encoder(self) -> str:
+        return self.tree["encoder"]
+
+    @property
+    def augmenter(self) -> str:
+        return self.tree["augmenter"]
+
+    @property
+    def terms(self) -> list[str]:
+        return list(self.tree["terms"])
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.tree, sort_keys=False)
+
+
+def _defaults_of(cls: type | None) -> dict[str, Any]:
+    return dataclasses.asdict(cls()) if cls is not None else {}
+
+
+def resolve(
+    registry: Registry,
+    file_config: dict[str, Any] | None = None,
+    overrides: list[tuple[str, Any]] | None = None,
+    with_terms: list[str] | None = None,
+    without_terms: list[str] | None = None,
+) -> Resolved:
+    """Merge defaults, a config file's mapping and ``--set`` overrides; validate.
+
+    Order: component defaults (the augmenter's term defaults included) → file →
+    overrides. Selection keys (``dataset``, ``encoder``, ``augmenter``, ``with``,
+    ``without``) are read first, because they decide which sections exist.
+    """
+    file_config = copy.deepcopy(file_config or {})
+    overrides = list(overrides or [])
+    selection = dict(DEFAULT_SELECTION)
+    adds = list(file_config.pop("with", None) or [])
+    removes = list(file_config.pop("without", None) or [])
+    explicit_terms = file_config.pop("terms", None)  # a saved config.yaml lists them
+    if explicit_terms is not None and not isinstance(explicit_terms, list):
+        raise ConfigError(f"config file: terms must be a list of loss-term names, got {explicit_terms!r}")
+    for key in SELECTION_KEYS:
+        if key in file_config:
+            selection[key] = str(file_config.pop(key))
+    rest: list[tuple[str, Any]] = []
+    for key, value in overrides:
+        if key in SELECTION_KEYS:
+            selection[key] = str(value)
+        elif key in ("with", "without"):
+            (adds if key == "with" else removes).extend(value if isinstance(value, list) else [value])
+        else:
+            rest.append((key, value))
+    adds += list(with_terms or [])
+    removes += list(without_terms or [])
+
+    encoder = registry.get("encoder", selection["encoder"])
+    augmenter = registry.get("augmenter", selection["augmenter"])
+    default_terms: dict[str, dict[str, Any]] = dict(getattr(augmenter.factory, "default_terms", {}) or {})
+    terms = list(default_terms) if explicit_terms is None else list(explicit_terms)
+    for name in adds:
+        registry.get("loss_term", name)
+        if name not in terms:
+            terms.append(name)
+    for name in removes:
+        if name not in terms:
+            active = ", ".join(terms) or "none"
+            raise ConfigError(f"--without {name}: not an active loss term (active: {active})")
+        terms.remove(name)
+
+    tree: dict[str, Any] = {**selection, "terms": terms}
+    for section, cls in CORE_SECTIONS.items():
+        tree[section] = _defaults_of(cls)
+    tree["loss"] = _defaults_of(LossOptions)
+    tree["loss"]["tau"] = float(getattr(augmenter.factory, "default_tau", 1.0))
+    term_components = {name: registry.get("loss_term", name) for name in terms}
+    for name, comp in term_components.items():
+        section = comp.default_options()
+        section.update(default_terms.get(name, {}))
+        tree["loss"][name] = section
+    if encoder.name in tree or augmenter.name in tree:
+        raise ConfigError(f"component name collides with a config section: {encoder.name} / {augmenter.name}")
+    tree[encoder.name] = encoder.default_options()
+    if augmenter.name != encoder.name:
+        tree[augmenter.name] = augmenter.default_options()
+
+    for key, value in flatten(file_config).items():
+        _assign(tree, key, value, origin="config file")
+    for key, value in rest:
+        _assign(tree, key, value, origin="--set")
+
+    loss_values = {k: v for k, v in tree["loss"].items() if k not in term_components}
+    term_options = {
+        name: build_options(comp.options, tree["loss"][name], f"loss.{name}") if comp.options else None
+        for name, comp in term_components.items()
+    }
+    for name, opts in term_options.items():
+        if opts is not None and not hasattr(opts, "weight"):
+            raise ConfigError(f"loss term {name}: its options have no 'weight' field (plugin {term_components[name].plugin})")
+    resolved = Resolved(
+        tree=tree,
+        data=build_options(DataOptions, tree["data"], "data"),
+        train=build_options(TrainOptions, tree["train"], "train"),
+        eval=build_options(EvalOptions, tree["eval"], "eval"),
+        loss=build_options(LossOptions, loss_values, "loss"),
+        run=build_options(RunOptions, tree["run"], "run"),
+        encoder_options=build_options(encoder.options, tree[encoder.name], encoder.name) if encoder.options else None,
+        augmenter_options=(
+            build_options(augmenter.options, tree[augmenter.name], augmenter.name) if augmenter.options else None
+        ),
+        term_options=term_options,
+    )
+    # write the converted values back so config.yaml holds typed values
+    for section in ("data", "train", "eval", "run"):
+        tree[section] = dataclasses.asdict(getattr(resolved, section))
+    tree["loss"].update(dataclasses.asdict(resolved.loss))
+    for name, opts in term_options.items():
+        if opts is not None:
+            tree["loss"][name] = dataclasses.asdict(opts)
+    if resolved.encoder_options is not None:
+        tree[encoder.name] = dataclasses.asdict(resolved.encoder_options)
+    if resolved.augmenter_options is not None:
+        tree[augmenter.name] = dataclasses.asdict(resolved.augmenter_options)
+    return resolved
+
+
+def _assign(tree: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    """Set dotted ``key`` in ``tree``; only keys that exist (or a whole section) are accepted."""
+    parts = key.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        known = list(node) if isinstance(node, dict) else []
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:i])
+            candidates = [f"{where}.{k}" if where else k for k in known]
+            hint = difflib.get_close_matches(key, candidates, n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{origin}: unknown key {key!r}{did_you_mean}")
+        if i == len(parts) - 1:
+            if isinstance(node[part], dict) and node[part] and not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {key} is a section; set one of its keys, e.g. {key}.{next(iter(node[part]))}")
+            if isinstance(node[part], dict) and isinstance(value, dict):
+                for sub, v in value.items():
+                    _assign(tree, f"{key}.{sub}", v, origin)
+            else:
+                node[part] = value
+        else:
+            node = node[part]

@@ -1,0 +1,516 @@
+"""Loss math as pure tensor functions (SPEC §3, §5, §6, §7).
+
+Nothing here holds state or parameters: every function maps tensors to a 0-dim
+tensor (the mean over the batch) or, for :func:`similarity` and
+:func:`sample_negatives`, to a tensor of the documented shape. Components
+(``LossTerm`` plugins, the main loss) wrap these functions and own the config.
+
+Shapes use ``N`` for the number of users in a contrastive batch, ``B`` for the
+batch of the main loss, ``d`` for the hidden size, ``R`` for the rows of the
+item table (``num_items + 1`` plus any extra rows such as a mask token).
+
+Numerics
+--------
+* Softmax losses go through ``F.cross_entropy`` / ``logsumexp`` on logits, so
+  ``tau = 0.05`` with raw dot products of norm 1e3 (logits ~ 2e7) neither
+  overflows nor produces NaN.
+* The self-similarity in NT-Xent is masked with ``-inf``; that only happens
+  for ``N >= 2``, where every row still has ``2N - 1 >= 3`` finite entries.
+* ``N = 1`` (no negatives): :func:`nt_xent`, :func:`info_nce` and
+  :func:`dynamic_boundary` return an exact 0 that is still attached to the
+  inputs' graph, so ``backward()`` works and gives zero gradients (SPEC §5/§7:
+  "the term is 0 and logged as skipped — never NaN"). Callers that want to log
+  the skip can test ``a.shape[0] < 2``.
+* Cosine similarity is ``x·y / (max(|x|, eps) · max(|y|, eps))``; a zero row
+  has cosine 0 with everything and finite (zero) gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+__all__ = [
+    "Sim",
+    "ContrastiveKind",
+    "similarity",
+    "nt_xent",
+    "info_nce",
+    "contrastive",
+    "alignment",
+    "dynamic_boundary",
+    "full_softmax_ce",
+    "sample_negatives",
+    "sampled_softmax_ce",
+    "bce",
+]
+
+Sim = Literal["dot", "cos"]
+ContrastiveKind = Literal["nt_xent", "info_nce"]
+
+_SIMS = ("dot", "cos")
+_KINDS = ("nt_xent", "info_nce")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_sim(sim: str) -> None:
+    if sim not in _SIMS:
+        raise ValueError(f"unknown similarity {sim!r}; expected one of {list(_SIMS)}")
+
+
+def _check_pair(a: Tensor, b: Tensor, what: str = "views") -> int:
+    """Both (N, d), same shape, N >= 1. Returns N."""
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"{what} must be 2-D (N, d); got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape:
+        raise ValueError(f"{what} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] < 1:
+        raise ValueError(f"{what} are empty (N = 0)")
+    return a.shape[0]
+
+
+def _check_tau(tau: float) -> None:
+    if not tau > 0:
+        raise ValueError(f"temperature tau must be > 0; got {tau!r}")
+
+
+def _graph_zero(*tensors: Tensor) -> Tensor:
+    """An exact 0-dim zero that depends on ``tensors`` (zero gradients, never NaN
+    for finite inputs), in the dtype/device of the first tensor."""
+    zero = tensors[0].new_zeros(())
+    for t in tensors:
+        zero = zero + (t * 0).sum()
+    return zero
+
+
+def _normalize(x: Tensor, eps: float) -> Tensor:
+    """Rows divided by ``max(|row|, eps)``; (n, d) -> (n, d)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def _partner(n: int, device: torch.device) -> Tensor:
+    """Index of each row's partner in ``Z = [a; b]``: i <-> i + n. (2n,) long."""
+    return (torch.arange(2 * n, device=device) + n) % (2 * n)
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+def similarity(a: Tensor, b: Tensor, sim: Sim = "dot", eps: float = 1e-8) -> Tensor:
+    """Pairwise similarity matrix.
+
+    Args:
+        a: (N, d).
+        b: (M, d).
+        sim: ``"dot"`` — raw dot product ``a_i · b_j``; ``"cos"`` — cosine
+            ``a_i · b_j / (max(|a_i|, eps) · max(|b_j|, eps))``.
+        eps: floor on the row norms for ``"cos"``.
+
+    Returns:
+        (N, M) tensor ``S[i, j] = sim(a_i, b_j)``.
+    """
+    _check_sim(sim)
+    if sim == "cos":
+        a, b = _normalize(a, eps), _normalize(b, eps)
+    return torch.einsum("nd,md->nm", a, b)
+
+
+# --------------------------------------------------------------------------- contrastive (§5)
+
+
+def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
+    """NT-Xent over two views (SPEC §5 default reading of eq. 17-18; CL4SRec/DuoRec).
+
+    ``Z = [a; b]`` (2N, d), ``S = sim(Z, Z) / tau`` (2N, 2N). Each of the 2N rows
+    ``i`` is an anchor; its positive is its partner ``p(i) = (i + N) mod 2N`` and
+    its negatives are all other rows except itself (2N - 2 of them)::
+
+        loss = mean_i [ -S[i, p(i)] + log sum_{j != i} exp S[i, j] ]
+
+    With all similarities equal the loss is ``log(2N - 1)``. ``N = 1`` gives an
+    exact 0 (no negatives) that still backpropagates (zero gradients).
+
+    Args:
+        a: (N, d) first view (e.g. ``o``), rows aligned with ``b``.
+        b: (N, d) second view (e.g. ``pr``).
+        tau: temperature > 0.
+        sim: ``"dot"`` (default, as printed) or ``"cos"``.
+
+    Returns:
+        0-dim tensor.
+    """
+    n = _check_pair(a, b)
+    _check_tau(tau)
+    _check_sim(sim)
+    if n == 1:
+        return _graph_zero(a, b)
+    z = torch.cat([a, b], dim=0)  # (2N, d)
+    logits = similarity(z, z, sim) / tau  # (2N, 2N)
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, _partner(n, z.device))
+
+
+def info_nce(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
+    """One-sided InfoNCE (SPEC §5 option).
+
+    Anchor ``a_u``, candidates ``b_v`` for all v, positive ``b_u``::
+
+        loss = mean_u [ -sim(a_u, b_u)/tau + log sum_v exp sim(a_u, b_v)/tau ]
+
+    With all similarities equal the loss is ``log N``. ``N = 1`` gives an exact
+    0 that still backpropagates.
+
+    Args:
+        a: (N, d) anchors.
+        b: (N, d) candidates, ``b_u`` is the positive of ``a_u``.
+        tau: temperature > 0.
+        sim: ``"dot"`` or ``"cos"``.
+
+    Returns:
+        0-dim tensor.
+    """
+    n = _check_pair(a, b)
+    _check_tau(tau)
+    _check_sim(sim)
+    if n == 1:
+        return _graph_zero(a, b)
+    logits = similarity(a, b, sim) / tau  # (N, N)
+    return F.cross_entropy(logits, torch.arange(n, device=a.device))
+
+
+def contrastive(
+    a: Tensor,
+    b: Tensor,
+    tau: float,
+    sim: Sim = "dot",
+    kind: ContrastiveKind = "nt_xent",
+) -> Tensor:
+    """Dispatch to :func:`nt_xent` (default) or :func:`info_nce`. (N, d), (N, d) -> 0-dim."""
+    if kind == "nt_xent":
+        return nt_xent(a, b, tau, sim)
+    if kind == "info_nce":
+        return info_nce(a, b, tau, sim)
+    raise ValueError(f"unknown contrastive loss kind {kind!r}; expected one of {list(_KINDS)}")
+
+
+# --------------------------------------------------------------------------- alignment (§6)
+
+
+def alignment(o: Tensor, pr: Tensor, p: Tensor, op: Tensor, tau: float, eps: float = 1e-8) -> Tensor:
+    """Distance constraint ``L_align`` (SPEC §6, eq. 20-23).
+
+    ``d1_u = (1 - cos(o_u, pr_u)) / tau``, ``d2_u = (1 - cos(p_u, op_u)) / tau``,
+    ``L = mean_u (d1_u - d2_u)^2``; cosine with norms floored at ``eps``. The
+    same ``tau`` as the contrastive loss (one knob for both, SPEC §6).
+
+    Args:
+        o, pr, p, op: (N, d) each, rows aligned by user.
+        tau: temperature > 0.
+        eps: floor on row norms inside the cosine.
+
+    Returns:
+        0-dim tensor, >= 0; 0 when the two distances coincide for every user.
+    """
+    _check_pair(o, pr, "o/pr")
+    _check_pair(p, op, "p/op")
+    _check_pair(o, p, "o/p")
+    _check_tau(tau)
+    cos1 = (_normalize(o, eps) * _normalize(pr, eps)).sum(dim=-1)  # (N,)
+    cos2 = (_normalize(p, eps) * _normalize(op, eps)).sum(dim=-1)  # (N,)
+    d1 = (1 - cos1) / tau
+    d2 = (1 - cos2) / tau
+    return ((d1 - d2) ** 2).mean()
+
+
+# --------------------------------------------------------------------------- regularizer (§7)
+
+
+def dynamic_boundary(
+    a: Tensor,
+    b: Tensor,
+    sim: Sim = "dot",
+    detach_bounds: bool = False,
+    per_anchor: bool = False,
+) -> Tensor:
+    """Dynamic-boundary regularizer ``R`` (SPEC §7, eq. 24-31), exactly as printed.
+
+    ``Z = [a; b]`` (2N, d), ``S = sim(Z, Z)`` (2N, 2N), no temperature.
+    Partner of row i is ``p(i) = (i + N) mod 2N``.
+
+    Batch boundaries (default, ``per_anchor=False``)::
+
+        sigma+ = {S[i, i+N] : i = 0..N-1}                        (N values)
+        sigma- = {S[i, j] : j != i, |i - j| != N}  over all 2N rows (2N(2N-2) values)
+        o_min  = min(min sigma+, max sigma-)
+        o_max  = max(min sigma+, max sigma-)
+        R      = mean_{s in sigma+} relu(s - o_min) + mean_{s in sigma-} relu(o_max - s)
+
+    Per-anchor boundaries (``per_anchor=True``; MCLRec's ``meta_contrast_rl_1``
+    without its temperature): for each of the 2N anchor rows i, with its own
+    positive ``s+_i = S[i, p(i)]`` and its own 2N-2 negatives
+    ``s-_ij = S[i, j]`` (j != i, j != p(i))::
+
+        m_i     = max_j s-_ij
+        o_min_i = min(s+_i, m_i),  o_max_i = max(s+_i, m_i)
+        R_i     = relu(s+_i - o_min_i) + mean_j relu(o_max_i - s-_ij)
+        R       = mean_{i in 0..2N-1} R_i
+
+    (Every row has the same number of negatives, so this equals MCLRec's
+    ``mean(all positive terms) + mean(all negative terms)``. Rows i >= N use
+    ``S[i, i-N]``, which equals ``S[i-N, i]`` since S is symmetric.)
+
+    This is NOT a margin loss: when every positive exceeds every negative,
+    R > 0 and pulls positives down and negatives up (the paper's stated aim,
+    against over-alignment). R = 0 only if every positive equals ``o_min`` and
+    every negative equals ``o_max``. R >= 0 always.
+
+    Gradients flow through ``o_min``/``o_max`` unless ``detach_bounds``. Ties in
+    the min/max share the gradient evenly (``amin``/``amax``).
+
+    Args:
+        a: (N, d) first view.
+        b: (N, d) second view.
+        sim: ``"dot"`` (default, ``S = Z Zᵀ``) or ``"cos"``.
+        detach_bounds: stop gradients through the boundaries.
+        per_anchor: boundaries per anchor row instead of over the whole batch.
+
+    Returns:
+        0-dim tensor. ``N = 1`` (sigma- empty) gives an exact 0 that still
+        backpropagates (zero gradients).
+    """
+    n = _check_pair(a, b)
+    _check_sim(sim)
+    if n == 1:
+        return _graph_zero(a, b)
+    z = torch.cat([a, b], dim=0)  # (2N, d)
+    s = similarity(z, z, sim)  # (2N, 2N)
+    partner = _partner(n, z.device)  # (2N,)
+    rows = torch.arange(2 * n, device=z.device)
+    pos_mask = F.one_hot(partner, 2 * n).bool()  # (2N, 2N), True at (i, p(i))
+    neg_mask = ~(pos_mask | (rows[:, None] == rows[None, :]))  # (2N, 2N)
+
+    if not per_anchor:
+        pos = torch.diagonal(s, offset=n)  # (N,)  S[i, i+N], i < N
+        neg = s[neg_mask]  # (2N(2N-2),)
+        min_pos, max_neg = pos.amin(), neg.amax()
+        o_min, o_max = torch.minimum(min_pos, max_neg), torch.maximum(min_pos, max_neg)
+        if detach_bounds:
+            o_min, o_max = o_min.detach(), o_max.detach()
+        return F.relu(pos - o_min).mean() + F.relu(o_max - neg).mean()
+
+    pos = s.gather(1, rearrange(partner, "r -> r 1"))  # (2N, 1)
+    neg = rearrange(s[neg_mask], "(r c) -> r c", r=2 * n)  # (2N, 2N-2)
+    max_neg = neg.amax(dim=1, keepdim=True)  # (2N, 1)
+    o_min, o_max = torch.minimum(pos, max_neg), torch.maximum(pos, max_neg)  # (2N, 1)
+    if detach_bounds:
+        o_min, o_max = o_min.detach(), o_max.detach()
+    per_row = rearrange(F.relu(pos - o_min), "r 1 -> r") + F.relu(o_max - neg).mean(dim=1)  # (2N,)
+    return per_row.mean()
+
+
+# --------------------------------------------------------------------------- main loss (§3)
+
+
+def full_softmax_ce(
+    h: Tensor,
+    item_table: Tensor,
+    targets: Tensor,
+    num_items: int,
+    include_pad_logit: bool = False,
+) -> Tensor:
+    """Full-softmax cross-entropy over all real items (SPEC §3 default ``ce``).
+
+    ``logits = h @ item_table[1 : num_items + 1]ᵀ`` (B, num_items); the target
+    ``t`` (in ``1..num_items``) sits in column ``t - 1``. Padding (row 0) and
+    extra rows after ``num_items`` (e.g. a mask token) are never scored.
+    ``include_pad_logit=True`` scores rows ``0..num_items`` instead (RecBole's
+    CE, for benchmark parity only); extra rows are still excluded.
+
+    Args:
+        h: (B, d) user representations (any leading dims ``(..., d)`` are
+            flattened together with ``targets``).
+        item_table: (R, d), R >= num_items + 1; row 0 = padding.
+        targets: (B,) long in ``1..num_items``.
+        num_items: number of real items |V|.
+        include_pad_logit: add the padding logit to the softmax.
+
+    Returns:
+        0-dim tensor, mean over the batch.
+    """
+    if item_table.dim() != 2 or item_table.shape[0] < num_items + 1:
+        raise ValueError(
+            f"item_table must be (R, d) with R >= num_items + 1 = {num_items + 1}; got {tuple(item_table.shape)}"
+        )
+    if h.shape[:-1] != targets.shape:
+        raise ValueError(f"h {tuple(h.shape)} and targets {tuple(targets.shape)} do not match")
+    h = rearrange(h, "... d -> (...) d")
+    targets = rearrange(targets, "... -> (...)")
+    if include_pad_logit:
+        table, labels = item_table[: num_items + 1], targets
+    else:
+        table, labels = item_table[1 : num_items + 1], targets - 1
+    logits = torch.einsum("bd,vd->bv", h, table)
+    return F.cross_entropy(logits, labels)
+
+
+def sample_negatives(
+    items: Tensor,
+    targets: Tensor,
+    num_items: int,
+    k: int,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 32,
+) -> Tensor:
+    """Draw ``k`` negatives per row, uniform in ``1..num_items`` (SPEC §3 ``sampled``).
+
+    Excluded per row: the items of its window and its target. Within a row the
+    ``k`` negatives are distinct whenever the row has at least ``k`` valid items
+    (sampling without replacement); a row with fewer valid items (tiny
+    ``num_items``) gets repeats, but never an excluded item.
+
+    Vectorised rejection sampling: all entries are drawn at once, then only the
+    entries that collide (with an excluded item, or with an earlier entry of the
+    same row) are redrawn, for at most ``max_rounds`` rounds. Rows still
+    colliding after that are drawn exactly from their explicit valid set with
+    ``torch.multinomial``, so the result is always valid.
+
+    Args:
+        items: (B, T) long window, 0 = padding (ids > num_items are ignored).
+        targets: (B,) long.
+        num_items: |V|; negatives lie in ``1..num_items``.
+        k: negatives per row, >= 1.
+        generator: optional ``torch.Generator``; it may live on another device
+            than ``items`` (e.g. a CPU generator for CUDA batches): draws are
+            made on the generator's device and moved to ``items.device``.
+        max_rounds: bound on rejection rounds before the exact fallback.
+
+    Returns:
+        (B, k) long tensor on ``items.device``.
+
+    Raises:
+        ValueError: ``k < 1``, ``num_items < 1``, or a row with no valid
+            negative at all (its window and target cover every item).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1; got {num_items}")
+    if items.dim() != 2 or targets.shape != items.shape[:1]:
+        raise ValueError(f"items must be (B, T) and targets (B,); got {tuple(items.shape)}, {tuple(targets.shape)}")
+    device = items.device
+    bsz = items.shape[0]
+    forbidden = torch.cat([items.long(), rearrange(targets.long(), "b -> b 1")], dim=1)  # (B, T+1)
+    forbidden, _ = forbidden.sort(dim=1)
+
+    # number of distinct forbidden ids inside 1..num_items, per row
+    in_range = (forbidden >= 1) & (forbidden <= num_items)
+    is_new = torch.ones_like(in_range)
+    is_new[:, 1:] = forbidden[:, 1:] != forbidden[:, :-1]
+    n_valid = num_items - (in_range & is_new).sum(dim=1)  # (B,)
+    if bool((n_valid < 1).any()):
+        bad = int(torch.nonzero(n_valid < 1)[0, 0])
+        raise ValueError(
+            f"row {bad} has no valid negative: its window and target cover all {num_items} items"
+        )
+    distinct = rearrange(n_valid >= k, "b -> b 1")  # (B, 1) rows that must not repeat
+
+    gen_device = generator.device if generator is not None else device
+
+    def draw(shape: tuple[int, ...]) -> Tensor:
+        return torch.randint(1, num_items + 1, shape, generator=generator, device=gen_device).to(device)
+
+    def collisions(neg: Tensor) -> Tensor:
+        pos = torch.searchsorted(forbidden, neg).clamp_max(forbidden.shape[1] - 1)
+        hit = forbidden.gather(1, pos) == neg  # (B, k)
+        vals, order = neg.sort(dim=1, stable=True)
+        dup_sorted = torch.zeros_like(hit)
+        dup_sorted[:, 1:] = vals[:, 1:] == vals[:, :-1]  # all but the first of equal runs
+        dup = torch.zeros_like(hit).scatter(1, order, dup_sorted)
+        return hit | (dup & distinct)
+
+    neg = draw((bsz, k))
+    bad = collisions(neg)
+    for _ in range(max_rounds):
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            return neg
+        neg = neg.masked_scatter(bad, draw((n_bad,)))
+        bad = collisions(neg)
+
+    # exact fallback for the rows still colliding: sample from the explicit valid set
+    rows = torch.nonzero(bad.any(dim=1)).flatten()  # (r,)
+    if rows.numel() > 0:
+        idx = forbidden[rows]  # (r, T+1)
+        idx = torch.where((idx < 0) | (idx > num_items), torch.zeros_like(idx), idx)
+        allowed = torch.ones(rows.numel(), num_items + 1, dtype=torch.bool, device=device)
+        allowed = allowed.scatter(1, idx, False)
+        allowed[:, 0] = False  # padding is never a negative
+        row_distinct = distinct[rows, 0]  # (r,)
+        for replace in (False, True):
+            sel = row_distinct != replace
+            if bool(sel.any()):
+                weights = allowed[sel].to(device=gen_device, dtype=torch.float)
+                neg[rows[sel]] = torch.multinomial(weights, k, replacement=replace, generator=generator).to(device)
+    return neg
+
+
+def sampled_softmax_ce(h: Tensor, item_table: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Sampled softmax over ``[target, K negatives]`` (SPEC §3 ``sampled``), no logQ.
+
+    ``s_pos = h_b · E[t_b]``, ``s_k = h_b · E[n_bk]``::
+
+        loss = mean_b [ -s_pos + log(exp s_pos + sum_k exp s_k) ]
+
+    With K = 1 this is BPR: ``-log sigmoid(s_pos - s_neg)``.
+
+    Args:
+        h: (B, d).
+        item_table: (R, d).
+        targets: (B,) long.
+        negatives: (B, K) long (e.g. from :func:`sample_negatives`).
+
+    Returns:
+        0-dim tensor.
+    """
+    if negatives.dim() != 2 or negatives.shape[0] != h.shape[0] or targets.shape != h.shape[:1]:
+        raise ValueError(
+            f"expected h (B, d), targets (B,), negatives (B, K); got "
+            f"{tuple(h.shape)}, {tuple(targets.shape)}, {tuple(negatives.shape)}"
+        )
+    cand = torch.cat([rearrange(targets, "b -> b 1"), negatives], dim=1)  # (B, 1+K)
+    logits = torch.einsum("bd,bkd->bk", h, item_table[cand])  # (B, 1+K)
+    return F.cross_entropy(logits, logits.new_zeros(h.shape[0], dtype=torch.long))
+
+
+def bce(h: Tensor, item_table: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Binary cross-entropy of original SASRec (SPEC §3 ``bce``)::
+
+        loss = mean_b [ -log sigmoid(s_pos) - sum_k log(1 - sigmoid(s_bk)) ]
+
+    written with ``logsigmoid`` (``log(1 - sigmoid(x)) = logsigmoid(-x)``).
+    SASRec uses one negative, ``negatives`` (B, 1); K > 1 sums over negatives.
+
+    Args:
+        h: (B, d).
+        item_table: (R, d).
+        targets: (B,) long.
+        negatives: (B, K) long, normally K = 1.
+
+    Returns:
+        0-dim tensor.
+    """
+    if negatives.dim() != 2 or negatives.shape[0] != h.shape[0] or targets.shape != h.shape[:1]:
+        raise ValueError(
+            f"expected h (B, d), targets (B,), negatives (B, K); got "
+            f"{tuple(h.shape)}, {tuple(targets.shape)}, {tuple(negatives.shape)}"
+        )
+    s_pos = torch.einsum("bd,bd->b", h, item_table[targets])  # (B,)
+    s_neg = torch.einsum("bd,bkd->bk", h, item_table[negatives])  # (B, K)
+    return (-F.logsigmoid(s_pos) - F.logsigmoid(-s_neg).sum(dim=1)).mean()

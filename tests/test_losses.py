@@ -1,0 +1,607 @@
+"""Property tests for ``seqcl.losses`` (SPEC §3, §5, §6, §7).
+
+References are written with explicit Python loops straight from the equations
+(float64 inputs, tight tolerances); invariances, bounds, hand-built cases and
+gradient finiteness are checked with Hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqcl import losses
+from seqcl.losses import (
+    alignment,
+    bce,
+    contrastive,
+    dynamic_boundary,
+    full_softmax_ce,
+    info_nce,
+    nt_xent,
+    sample_negatives,
+    sampled_softmax_ce,
+    similarity,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+SLOW = settings(max_examples=15, deadline=None)
+TIGHT = dict(rtol=1e-9, atol=1e-9)
+SIMS = ["dot", "cos"]
+DB_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]  # (detach, per_anchor)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@st.composite
+def views(draw, k: int = 2, min_n: int = 1, max_n: int = 8, max_d: int = 5, modes=("normal", "ties", "dup")):
+    """``k`` float64 tensors (n, d). Modes: gaussian rows; small integer entries
+    (many tied similarities, zero rows); duplicated rows within/between views."""
+    n = draw(st.integers(min_n, max_n))
+    d = draw(st.integers(1, max_d))
+    seed = draw(st.integers(0, 2**31 - 1))
+    mode = draw(st.sampled_from(modes))
+    scale = draw(st.sampled_from([0.1, 1.0, 3.0]))
+    g = _gen(seed)
+    if mode == "ties":
+        ts = [torch.randint(-1, 2, (n, d), generator=g).to(torch.float64) for _ in range(k)]
+    else:
+        ts = [torch.randn(n, d, generator=g, dtype=torch.float64) * scale for _ in range(k)]
+    if mode == "dup":
+        ts[1][::2] = ts[0][::2]
+        ts[0][1::2] = ts[0][0]
+    return ts
+
+
+taus = st.floats(0.05, 1.0)
+sims = st.sampled_from(SIMS)
+
+
+# --------------------------------------------------------------------------- references (loops)
+
+
+def rows(t: torch.Tensor) -> list[list[float]]:
+    return t.tolist()
+
+
+def ref_sim(x: list[float], y: list[float], sim: str, eps: float = 1e-8) -> float:
+    dot = sum(xi * yi for xi, yi in zip(x, y))
+    if sim == "dot":
+        return dot
+    nx = math.sqrt(sum(v * v for v in x))
+    ny = math.sqrt(sum(v * v for v in y))
+    return dot / (max(nx, eps) * max(ny, eps))
+
+
+def logsumexp(vals: list[float]) -> float:
+    m = max(vals)
+    return m + math.log(sum(math.exp(v - m) for v in vals))
+
+
+def softplus(x: float) -> float:  # log(1 + e^x), stable
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def ref_nt_xent(a, b, tau, sim):
+    z = rows(a) + rows(b)
+    n = a.shape[0]
+    if n == 1:
+        return 0.0
+    total = 0.0
+    for i in range(2 * n):
+        partner = i + n if i < n else i - n
+        logits = [ref_sim(z[i], z[j], sim) / tau for j in range(2 * n) if j != i]
+        total += -ref_sim(z[i], z[partner], sim) / tau + logsumexp(logits)
+    return total / (2 * n)
+
+
+def ref_info_nce(a, b, tau, sim):
+    a, b = rows(a), rows(b)
+    n = len(a)
+    if n == 1:
+        return 0.0
+    total = 0.0
+    for u in range(n):
+        logits = [ref_sim(a[u], b[v], sim) / tau for v in range(n)]
+        total += -ref_sim(a[u], b[u], sim) / tau + logsumexp(logits)
+    return total / n
+
+
+def ref_alignment(o, pr, p, op, tau):
+    o, pr, p, op = rows(o), rows(pr), rows(p), rows(op)
+    total = 0.0
+    for u in range(len(o)):
+        d1 = (1 - ref_sim(o[u], pr[u], "cos")) / tau
+        d2 = (1 - ref_sim(p[u], op[u], "cos")) / tau
+        total += (d1 - d2) ** 2
+    return total / len(o)
+
+
+def ref_dynamic_boundary(a, b, sim, detach, per_anchor):
+    """Eq. 24-31 with scalar torch ops in loops, so autograd gives a reference
+    gradient too (``min``/``max`` pick one element: compare grads on tie-free data)."""
+    z = list(torch.cat([a, b]))
+    n = a.shape[0]
+    if n == 1:
+        return (a.sum() + b.sum()) * 0
+    eps = 1e-8
+
+    def s(i, j):
+        if sim == "dot":
+            return (z[i] * z[j]).sum()
+        return (z[i] * z[j]).sum() / (z[i].norm().clamp_min(eps) * z[j].norm().clamp_min(eps))
+
+    def partner(i):
+        return i + n if i < n else i - n
+
+    def negs_of(i):
+        return [s(i, j) for j in range(2 * n) if j != i and abs(i - j) != n]
+
+    def bounds(min_pos, max_neg):
+        o_min, o_max = min(min_pos, max_neg), max(min_pos, max_neg)
+        if detach:
+            o_min, o_max = o_min.detach(), o_max.detach()
+        return o_min, o_max
+
+    if not per_anchor:
+        sig_pos = [s(i, i + n) for i in range(n)]
+        sig_neg = [v for i in range(2 * n) for v in negs_of(i)]
+        o_min, o_max = bounds(min(sig_pos), max(sig_neg))
+        return sum(F.relu(v - o_min) for v in sig_pos) / len(sig_pos) + sum(
+            F.relu(o_max - v) for v in sig_neg
+        ) / len(sig_neg)
+    total = 0
+    for i in range(2 * n):
+        pos = s(i, partner(i))
+        negs = negs_of(i)
+        o_min, o_max = bounds(pos, max(negs))
+        total = total + F.relu(pos - o_min) + sum(F.relu(o_max - v) for v in negs) / len(negs)
+    return total / (2 * n)
+
+
+def ref_full_ce(h, table, targets, num_items, include_pad):
+    h, table = rows(h), rows(table)
+    first = 0 if include_pad else 1
+    total = 0.0
+    for b, t in enumerate(targets.tolist()):
+        logits = [ref_sim(h[b], table[v], "dot") for v in range(first, num_items + 1)]
+        total += -ref_sim(h[b], table[t], "dot") + logsumexp(logits)
+    return total / len(h)
+
+
+def ref_sampled_ce(h, table, targets, negatives):
+    h, table = rows(h), rows(table)
+    total = 0.0
+    for b, (t, negs) in enumerate(zip(targets.tolist(), negatives.tolist())):
+        s_pos = ref_sim(h[b], table[t], "dot")
+        total += -s_pos + logsumexp([s_pos] + [ref_sim(h[b], table[v], "dot") for v in negs])
+    return total / len(h)
+
+
+def ref_bce(h, table, targets, negatives):
+    h, table = rows(h), rows(table)
+    total = 0.0
+    for b, (t, negs) in enumerate(zip(targets.tolist(), negatives.tolist())):
+        s_pos = ref_sim(h[b], table[t], "dot")
+        total += softplus(-s_pos)  # -log sigmoid(s_pos)
+        for v in negs:
+            total += softplus(ref_sim(h[b], table[v], "dot"))  # -log(1 - sigmoid(s_neg))
+    return total / len(h)
+
+
+def close(actual: torch.Tensor, expected, **tol) -> None:
+    assert actual.dim() == 0
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    torch.testing.assert_close(actual, expected, **(tol or TIGHT))
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+@FAST
+@given(ab=views(), sim=sims)
+def test_similarity_matches_reference(ab, sim):
+    a, b = ab
+    got = similarity(a, b, sim)
+    assert got.shape == (a.shape[0], b.shape[0])
+    want = torch.tensor([[ref_sim(x, y, sim) for y in rows(b)] for x in rows(a)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, **TIGHT)
+
+
+def test_unknown_names_raise():
+    a = torch.randn(3, 2)
+    with pytest.raises(ValueError):
+        similarity(a, a, "euclid")
+    with pytest.raises(ValueError):
+        nt_xent(a, a, 0.1, sim="l2")
+    with pytest.raises(ValueError):
+        contrastive(a, a, 0.1, kind="triplet")
+    with pytest.raises(ValueError):
+        nt_xent(a, a[:2], 0.1)
+
+
+# --------------------------------------------------------------------------- contrastive (§5)
+
+
+@FAST
+@given(ab=views(max_n=10), tau=taus, sim=sims)
+def test_nt_xent_matches_reference(ab, tau, sim):
+    a, b = ab
+    close(nt_xent(a, b, tau, sim), ref_nt_xent(a, b, tau, sim))
+
+
+@FAST
+@given(ab=views(max_n=10), tau=taus, sim=sims)
+def test_info_nce_matches_reference(ab, tau, sim):
+    a, b = ab
+    close(info_nce(a, b, tau, sim), ref_info_nce(a, b, tau, sim))
+
+
+@FAST
+@given(ab=views(), tau=taus, sim=sims)
+def test_contrastive_dispatch(ab, tau, sim):
+    a, b = ab
+    assert torch.equal(contrastive(a, b, tau, sim), nt_xent(a, b, tau, sim))
+    assert torch.equal(contrastive(a, b, tau, sim, kind="info_nce"), info_nce(a, b, tau, sim))
+
+
+@FAST
+@given(ab=views(), tau=taus, sim=sims, seed=st.integers(0, 2**31 - 1))
+def test_nt_xent_permutation_and_swap_invariant(ab, tau, sim, seed):
+    a, b = ab
+    perm = torch.randperm(a.shape[0], generator=_gen(seed))
+    base = nt_xent(a, b, tau, sim)
+    assert base >= 0
+    close(nt_xent(a[perm], b[perm], tau, sim), base, rtol=1e-10, atol=1e-10)
+    close(nt_xent(b, a, tau, sim), base, rtol=1e-10, atol=1e-10)
+
+
+@FAST
+@given(n=st.integers(1, 32), d=st.integers(1, 6), tau=taus, sim=sims, seed=st.integers(0, 2**31 - 1))
+def test_contrastive_all_equal_similarities(n, d, tau, sim, seed):
+    row = torch.randn(1, d, generator=_gen(seed), dtype=torch.float64)
+    z = row.expand(n, d).clone()
+    close(nt_xent(z, z.clone(), tau, sim), math.log(2 * n - 1), rtol=1e-9, atol=1e-9)
+    close(info_nce(z, z.clone(), tau, sim), math.log(n), rtol=1e-9, atol=1e-9)
+
+
+@FAST
+@given(ab=views(modes=("normal",)), tau=taus, seed=st.integers(0, 2**31 - 1))
+def test_cosine_variants_invariant_to_row_rescaling(ab, tau, seed):
+    a, b = ab
+    g = _gen(seed)
+    sa = torch.rand(a.shape[0], 1, generator=g, dtype=torch.float64) * 9.9 + 0.1
+    sb = torch.rand(b.shape[0], 1, generator=g, dtype=torch.float64) * 9.9 + 0.1
+    tol = dict(rtol=1e-8, atol=1e-8)
+    close(nt_xent(a * sa, b * sb, tau, "cos"), nt_xent(a, b, tau, "cos"), **tol)
+    close(info_nce(a * sa, b * sb, tau, "cos"), info_nce(a, b, tau, "cos"), **tol)
+    for detach, per_anchor in DB_OPTIONS:
+        close(
+            dynamic_boundary(a * sa, b * sb, "cos", detach, per_anchor),
+            dynamic_boundary(a, b, "cos", detach, per_anchor),
+            **tol,
+        )
+    close(alignment(a * sa, b * sb, b * sa, a * sb, tau), alignment(a, b, b, a, tau), **tol)
+
+
+# --------------------------------------------------------------------------- alignment (§6)
+
+
+@FAST
+@given(ts=views(k=4), tau=taus)
+def test_alignment_matches_reference(ts, tau):
+    o, pr, p, op = ts
+    close(alignment(o, pr, p, op, tau), ref_alignment(o, pr, p, op, tau))
+
+
+@FAST
+@given(ts=views(k=4), tau=taus, seed=st.integers(0, 2**31 - 1))
+def test_alignment_invariances(ts, tau, seed):
+    o, pr, p, op = ts
+    base = alignment(o, pr, p, op, tau)
+    assert base >= 0
+    perm = torch.randperm(o.shape[0], generator=_gen(seed))
+    close(alignment(o[perm], pr[perm], p[perm], op[perm], tau), base, rtol=1e-10, atol=1e-10)
+    close(alignment(p, op, o, pr, tau), base, rtol=1e-10, atol=1e-10)
+
+
+@FAST
+@given(ts=views(k=2, modes=("normal",)), tau=taus, seed=st.integers(0, 2**31 - 1))
+def test_alignment_zero_when_distances_coincide(ts, tau, seed):
+    o, pr = ts
+    d = o.shape[1]
+    g = _gen(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))  # orthogonal
+    c1 = torch.rand(o.shape[0], 1, generator=g, dtype=torch.float64) + 0.5
+    c2 = torch.rand(o.shape[0], 1, generator=g, dtype=torch.float64) + 0.5
+    p, op = (o @ q) * c1, (pr @ q) * c2  # same cosines, different vectors
+    assert alignment(o, pr, p, op, tau).abs() < 1e-18
+    assert alignment(o, pr, o, pr, tau) == 0
+
+
+# --------------------------------------------------------------------------- dynamic boundary (§7)
+
+
+@FAST
+@given(ab=views(max_n=5, max_d=4), sim=sims)
+def test_dynamic_boundary_matches_reference_all_options(ab, sim):
+    a, b = ab
+    for detach, per_anchor in DB_OPTIONS:
+        got = dynamic_boundary(a, b, sim, detach, per_anchor)
+        assert got >= 0
+        close(got, ref_dynamic_boundary(a, b, sim, detach, per_anchor).item())
+
+
+@SLOW
+@given(ab=views(min_n=2, max_n=4, max_d=4, modes=("normal",)), sim=sims)
+def test_dynamic_boundary_gradients_match_reference(ab, sim):
+    """Tie-free data, so the reference's single-element min/max grads are exact.
+    Catches a detach option that does nothing (or detaches by default)."""
+    for detach, per_anchor in DB_OPTIONS:
+        a1, b1 = (t.clone().requires_grad_() for t in ab)
+        a2, b2 = (t.clone().requires_grad_() for t in ab)
+        ga = torch.autograd.grad(dynamic_boundary(a1, b1, sim, detach, per_anchor), (a1, b1))
+        gr = torch.autograd.grad(ref_dynamic_boundary(a2, b2, sim, detach, per_anchor), (a2, b2))
+        for x, y in zip(ga, gr):
+            torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
+
+
+@FAST
+@given(ab=views(), sim=sims, seed=st.integers(0, 2**31 - 1))
+def test_dynamic_boundary_permutation_and_swap_invariant(ab, sim, seed):
+    a, b = ab
+    perm = torch.randperm(a.shape[0], generator=_gen(seed))
+    for detach, per_anchor in DB_OPTIONS:
+        base = dynamic_boundary(a, b, sim, detach, per_anchor)
+        close(dynamic_boundary(a[perm], b[perm], sim, detach, per_anchor), base, rtol=1e-10, atol=1e-10)
+        close(dynamic_boundary(b, a, sim, detach, per_anchor), base, rtol=1e-10, atol=1e-10)
+
+
+def _orthonormal_rows(n: int, extra: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n + extra, n + extra, generator=_gen(seed), dtype=torch.float64))
+    return q[:n]  # (n, n + extra), orthonormal rows
+
+
+@FAST
+@given(n=st.integers(2, 12), extra=st.integers(0, 3), s=st.floats(0.1, 30.0), seed=st.integers(0, 2**31 - 1), sim=sims)
+def test_dynamic_boundary_zero_when_pos_at_o_min_and_neg_at_o_max(n, extra, s, seed, sim):
+    """a_i = s q_i, b_i = -s q_i: every positive is -s^2 (= o_min), every negative 0 (= o_max)."""
+    a = s * _orthonormal_rows(n, extra, seed)
+    for detach, per_anchor in DB_OPTIONS:
+        r = dynamic_boundary(a, -a, sim, detach, per_anchor)
+        assert 0 <= r < 1e-12 * max(s * s, 1.0)
+        # all similarities equal is the other R = 0 case
+        same = a[:1].expand(n, -1)
+        r_same = dynamic_boundary(same, same.clone(), sim, detach, per_anchor)
+        assert 0 <= r_same < 1e-12 * max(s * s, 1.0)  # BLAS may round equal entries differently
+
+
+@FAST
+@given(n=st.integers(2, 12), extra=st.integers(0, 3), s=st.floats(0.1, 30.0), seed=st.integers(0, 2**31 - 1), sim=sims)
+def test_dynamic_boundary_positive_when_positives_exceed_negatives(n, extra, s, seed, sim):
+    """a_i = b_i = s q_i: positives s^2 > negatives 0. As printed (not a margin
+    loss), o_min = 0, o_max = s^2 and R = 2 s^2 (cos: 2)."""
+    a = s * _orthonormal_rows(n, extra, seed)
+    expected = 2 * s * s if sim == "dot" else 2.0
+    for detach, per_anchor in DB_OPTIONS:
+        r = dynamic_boundary(a, a.clone(), sim, detach, per_anchor)
+        assert r > 0
+        close(r, expected, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- gradients and N = 1
+
+
+@st.composite
+def big_views(draw):
+    """float32 (n, d) pair with row norms up to 1e3; n in 1..64; some zero rows."""
+    n = draw(st.integers(1, 64))
+    d = draw(st.integers(1, 16))
+    max_norm = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    zero_rows = draw(st.booleans())
+    g = _gen(seed)
+    out = []
+    for _ in range(4):
+        x = torch.randn(n, d, generator=g)
+        x = F.normalize(x, dim=1) * torch.rand(n, 1, generator=g) * max_norm
+        x[0] = x[0] / x[0].norm().clamp_min(1e-12) * max_norm  # one row at the full norm
+        if zero_rows and n > 1:
+            x[-1] = 0
+        out.append(x)
+    return out
+
+
+def _grads_finite(loss: torch.Tensor, inputs) -> None:
+    assert loss.dim() == 0 and torch.isfinite(loss), loss
+    grads = torch.autograd.grad(loss, inputs, allow_unused=False)
+    for g in grads:
+        assert torch.isfinite(g).all()
+
+
+@SLOW
+@given(ts=big_views(), tau=taus, sim=sims)
+def test_gradients_finite(ts, tau, sim):
+    o, pr, p, op = (t.requires_grad_() for t in ts)
+    _grads_finite(nt_xent(o, pr, tau, sim), (o, pr))
+    _grads_finite(info_nce(o, pr, tau, sim), (o, pr))
+    _grads_finite(alignment(o, pr, p, op, tau), (o, pr, p, op))
+    for detach, per_anchor in DB_OPTIONS:
+        _grads_finite(dynamic_boundary(p, op, sim, detach, per_anchor), (p, op))
+
+
+@FAST
+@given(ts=big_views(), tau=taus, sim=sims)
+def test_nt_xent_float32_close_to_float64(ts, tau, sim):
+    """No overflow: at logits ~2e7 the fp32 loss still tracks the fp64 one."""
+    a, b = ts[:2]
+    lo = nt_xent(a, b, tau, sim)
+    hi = nt_xent(a.double(), b.double(), tau, sim)
+    assert torch.isfinite(lo)
+    assert abs(lo.item() - hi.item()) <= 1e-3 * max(1.0, abs(hi.item())) + 1e-6 * (1e3 * 1e3 / tau)
+
+
+@FAST
+@given(d=st.integers(1, 8), tau=taus, sim=sims, scale=st.sampled_from([0.0, 1.0, 1e3]), seed=st.integers(0, 2**31 - 1))
+def test_single_user_batch_is_exact_zero(d, tau, sim, scale, seed):
+    g = _gen(seed)
+    a = (torch.randn(1, d, generator=g) * scale).requires_grad_()
+    b = (torch.randn(1, d, generator=g) * scale).requires_grad_()
+    terms = [nt_xent(a, b, tau, sim), info_nce(a, b, tau, sim)]
+    terms += [contrastive(a, b, tau, sim, kind) for kind in ("nt_xent", "info_nce")]
+    terms += [dynamic_boundary(a, b, sim, detach, per) for detach, per in DB_OPTIONS]
+    for loss in terms:
+        assert loss.dim() == 0 and loss.item() == 0.0
+        ga, gb = torch.autograd.grad(loss, (a, b))
+        assert torch.equal(ga, torch.zeros_like(a)) and torch.equal(gb, torch.zeros_like(b))
+
+
+# --------------------------------------------------------------------------- main losses (§3)
+
+
+@st.composite
+def main_batch(draw, max_b: int = 6, max_items: int = 12, max_k: int = 4):
+    bsz = draw(st.integers(1, max_b))
+    d = draw(st.integers(1, 5))
+    num_items = draw(st.integers(1, max_items))
+    extra = draw(st.integers(0, 2))
+    k = draw(st.integers(1, max_k))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = _gen(seed)
+    h = torch.randn(bsz, d, generator=g, dtype=torch.float64) * 2
+    table = torch.randn(num_items + 1 + extra, d, generator=g, dtype=torch.float64)
+    targets = torch.randint(1, num_items + 1, (bsz,), generator=g)
+    negatives = torch.randint(1, num_items + 1, (bsz, k), generator=g)
+    return h, table, targets, negatives, num_items
+
+
+@FAST
+@given(batch=main_batch(), include_pad=st.booleans())
+def test_full_softmax_ce_matches_reference(batch, include_pad):
+    h, table, targets, _, num_items = batch
+    got = full_softmax_ce(h, table, targets, num_items, include_pad_logit=include_pad)
+    close(got, ref_full_ce(h, table, targets, num_items, include_pad))
+
+
+@FAST
+@given(batch=main_batch(), include_pad=st.booleans(), n_extra=st.integers(1, 3))
+def test_full_softmax_ce_never_scores_extra_rows(batch, include_pad, n_extra):
+    h, table, targets, _, num_items = batch
+    base = full_softmax_ce(h, table[: num_items + 1], targets, num_items, include_pad)
+    huge = torch.full((n_extra, table.shape[1]), 1e6, dtype=table.dtype)
+    with_extra = torch.cat([table[: num_items + 1], huge])  # e.g. a mask token row
+    assert torch.equal(full_softmax_ce(h, with_extra, targets, num_items, include_pad), base)
+    if not include_pad:  # padding row is not scored either
+        table2 = table.clone()
+        table2[0] = 1e6
+        assert torch.equal(full_softmax_ce(h, table2, targets, num_items), full_softmax_ce(h, table, targets, num_items))
+
+
+@FAST
+@given(batch=main_batch())
+def test_sampled_softmax_ce_matches_reference(batch):
+    h, table, targets, negatives, _ = batch
+    close(sampled_softmax_ce(h, table, targets, negatives), ref_sampled_ce(h, table, targets, negatives))
+
+
+@FAST
+@given(batch=main_batch(max_k=1))
+def test_sampled_softmax_ce_with_one_negative_is_bpr(batch):
+    h, table, targets, negatives, _ = batch
+    s_pos = (h * table[targets]).sum(-1)
+    s_neg = (h * table[negatives[:, 0]]).sum(-1)
+    bpr = -F.logsigmoid(s_pos - s_neg).mean()
+    close(sampled_softmax_ce(h, table, targets, negatives), bpr)
+    by_hand = sum(softplus(-(p - n)) for p, n in zip(s_pos.tolist(), s_neg.tolist())) / len(h)
+    close(sampled_softmax_ce(h, table, targets, negatives), by_hand)
+
+
+@FAST
+@given(batch=main_batch(max_k=2))
+def test_bce_matches_reference(batch):
+    h, table, targets, negatives, _ = batch
+    close(bce(h, table, targets, negatives), ref_bce(h, table, targets, negatives))
+    one = negatives[:, :1]
+    close(bce(h, table, targets, one), ref_bce(h, table, targets, one))
+
+
+def test_main_losses_stable_for_huge_scores():
+    h = torch.tensor([[1e3, -1e3], [-1e3, 1e3]], requires_grad=True)
+    table = torch.tensor([[0.0, 0.0], [1e3, 0.0], [0.0, 1e3], [5.0, 5.0]], requires_grad=True)
+    targets = torch.tensor([2, 1])
+    negs = torch.tensor([[1], [2]])
+    for loss in (
+        full_softmax_ce(h, table, targets, 2),
+        full_softmax_ce(h, table, targets, 2, include_pad_logit=True),
+        sampled_softmax_ce(h, table, targets, negs),
+        bce(h, table, targets, negs),
+    ):
+        _grads_finite(loss, (h, table))
+        assert loss.item() > 1e5  # the target is ranked last by ~2e6: loss is huge, not inf
+
+
+# --------------------------------------------------------------------------- negative sampling
+
+
+@st.composite
+def windows(draw):
+    bsz = draw(st.integers(1, 8))
+    t = draw(st.integers(1, 10))
+    num_items = draw(st.integers(1, 30))
+    k = draw(st.integers(1, 10))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = _gen(seed)
+    # ids 0 (padding) .. num_items + 1 (e.g. a mask token, never a negative anyway)
+    items = torch.randint(0, num_items + 2, (bsz, t), generator=g)
+    targets = torch.randint(1, num_items + 1, (bsz,), generator=g)
+    return items, targets, num_items, k, seed
+
+
+@FAST
+@given(w=windows(), max_rounds=st.sampled_from([0, 1, 32]))
+def test_sample_negatives_valid(w, max_rounds):
+    items, targets, num_items, k, seed = w
+    excluded = [set(r) | {t} for r, t in zip(items.tolist(), targets.tolist())]
+    n_valid = [len(set(range(1, num_items + 1)) - ex) for ex in excluded]
+    if min(n_valid) == 0:
+        with pytest.raises(ValueError):
+            sample_negatives(items, targets, num_items, k, _gen(seed), max_rounds=max_rounds)
+        return
+    neg = sample_negatives(items, targets, num_items, k, _gen(seed), max_rounds=max_rounds)
+    assert neg.shape == (items.shape[0], k) and neg.dtype == torch.long
+    for row, ex, nv in zip(neg.tolist(), excluded, n_valid):
+        for v in row:
+            assert 1 <= v <= num_items and v not in ex
+        if nv >= k:
+            assert len(set(row)) == k  # distinct whenever possible
+    again = sample_negatives(items, targets, num_items, k, _gen(seed), max_rounds=max_rounds)
+    assert torch.equal(neg, again)  # reproducible from the generator
+
+
+def test_sample_negatives_reaches_every_valid_item():
+    items = torch.tensor([[0, 0, 2]]).repeat(400, 1)
+    targets = torch.full((400,), 3)
+    neg = sample_negatives(items, targets, 6, 1, _gen(0))
+    assert set(neg.flatten().tolist()) == {1, 4, 5, 6}
+
+
+def test_sample_negatives_errors():
+    with pytest.raises(ValueError):
+        sample_negatives(torch.tensor([[1, 2]]), torch.tensor([3]), 3, 1)  # nothing left
+    with pytest.raises(ValueError):
+        sample_negatives(torch.tensor([[1]]), torch.tensor([2]), 5, 0)
+
+
+def test_public_api():
+    for name in losses.__all__:
+        assert hasattr(losses, name)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from seqcl.data.dataset import EvalSet
+from seqcl.data.dataset import EvalSet, trim_padding
 from seqcl.interfaces import Encoder
 
 __all__ = [
@@ -309,7 +309,7 @@ def evaluate(
             )
             for i in bar:
                 rows = order[i * batch_size : (i + 1) * batch_size]
-                items = eval_set.windows(rows, max_len).to(device)
+                items = trim_padding(eval_set.windows(rows, max_len)).to(device)  # sorted: narrow batches
                 h = encoder.encode(items).to(device=device, dtype=torch.float32)
                 targets = eval_set.targets[rows].to(device)
                 pairs = history_pairs(eval_set, rows, device=device) if exclude_history else None

@@ -31,7 +31,10 @@ from torch import Tensor, nn
 class Batch:
     """A batch of training samples.
 
-    items:      (B, T) long, left-padded with 0; the most recent item is in slot T-1.
+    items:      (B, W) long, left-padded with 0; the most recent item is in the last
+                column. W ≤ T: columns that are padding in every row are trimmed
+                (exact: the encoder keeps slot position ids), unless the augmenter
+                sets ``full_width``.
     targets:    (B,)   long, next item of each sample, in 1..num_items.
     sample_ids: (B,)   long, row of each sample in :class:`seqcl.data.dataset.TrainSamples`.
     """
@@ -100,6 +103,10 @@ class BuildContext:
 class Encoder(nn.Module, ABC):
     """Maps left-padded item windows to per-slot representations, in two stages.
 
+    Inputs are (B, W) with W ≤ T: the core trims columns that are padding in
+    every row, so the last column is always slot T-1 and an encoder must give
+    column j the position of slot T-W+j (SASRec does).
+
     The stages are separate (SPEC §2) because ACLSRec perturbs ``H_in`` between
     them. Row 0 of the item table is padding; rows 1..num_items are items; any
     ``extra_rows`` follow.
@@ -138,13 +145,15 @@ class Augmenter(nn.Module):
     terms are: ``extra_rows``, item-table rows to add after the real items
     (CL4SRec's mask token; never scored or ranked), and ``pairs``, the view
     pairs its ``Views`` will carry (so a term can reject an augmenter at build
-    time, e.g. ``align`` needs two pairs).
+    time, e.g. ``align`` needs two pairs), and ``full_width`` (keep all T
+    columns in every batch instead of trimming all-padding columns).
     """
 
     default_terms: ClassVar[dict[str, dict[str, Any]]] = {}
     default_tau: ClassVar[float] = 1.0
     extra_rows: int = 0
     pairs: list[tuple[str, str]] = []
+    full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's

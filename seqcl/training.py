@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from seqcl.config import Resolved
-from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples
+from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
 from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError
 from seqcl.evaluation import EvalResult, evaluate
@@ -135,13 +135,18 @@ def _progress(iterable: Any, **kwargs: Any) -> Any:
 
 
 def iterate_batches(samples: TrainSamples, batch_size: int, max_len: int, generator: torch.Generator,
-                    device: torch.device):
-    """Shuffled batches of the training samples; the last short batch is kept."""
+                    device: torch.device, trim: bool = True):
+    """Shuffled batches of the training samples; the last short batch is kept.
+
+    ``trim`` drops all-padding leading columns on the CPU, before the copy to
+    the device (exact, see :func:`seqcl.data.dataset.trim_padding`).
+    """
     order = torch.randperm(len(samples), generator=generator)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
+        items = samples.windows(ids, max_len)
         yield Batch(
-            items=samples.windows(ids, max_len).to(device),
+            items=(trim_padding(items) if trim else items).to(device),
             targets=samples.targets[ids].to(device),
             sample_ids=ids.to(device),
         )
@@ -236,7 +241,8 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
         sums: dict[str, Tensor] = {}
         skipped: dict[str, int] = {}
         n_batches = 0
-        batches = iterate_batches(samples, t.batch_size, model.max_len, generator, device)
+        batches = iterate_batches(samples, t.batch_size, model.max_len, generator, device,
+                                  trim=not getattr(model.augmenter, "full_width", False))
         total_batches = math.ceil(len(samples) / t.batch_size)
         for batch in _progress(batches, total=total_batches, desc=f"epoch {epoch}", unit="batch"):
             out = training_step(model, batch, resolved, generator)

@@ -50,6 +50,8 @@ class LinearWindowEncoder(Encoder):
         return self.table
 
     def encode(self, items: Tensor) -> Tensor:
+        # the core trims all-padding leading columns: column j is slot T-W+j
+        items = torch.nn.functional.pad(items, (self.weights.shape[0] - items.shape[1], 0))
         self.seen_windows.append(items.clone())
         self.modes.append((self.training, torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
         return items.to(self.weights.dtype) @ self.weights

@@ -68,11 +68,12 @@ class ACLSRecAugmenter(Augmenter):
         super().__init__()
         self.scope = options.scope
         self.max_len = ctx.max_len
+        self.full_width = options.scope == "sequence"  # the flattened MLP needs all T slots
         width = ctx.hidden_size if options.scope == "token" else ctx.hidden_size * ctx.max_len
         make = lambda: MLP(width, options.mlp_depth, options.residual, options.init_std)  # noqa: E731
         self.mlp_p, self.mlp_r, self.mlp_p2 = make(), make(), make()
 
-    def _apply(self, mlp: MLP, x: Tensor) -> Tensor:
+    def _map(self, mlp: MLP, x: Tensor) -> Tensor:
         """Per token: x (..., d) as is. Per sequence: (B, T, d) flattened to (B, T·d) and back."""
         if self.scope == "token":
             return mlp(x)
@@ -86,10 +87,10 @@ class ACLSRecAugmenter(Augmenter):
         as mapping every slot and then taking the last, at 1/T of the cost."""
         if self.scope == "token":
             return mlp(hidden[:, -1])
-        return self._apply(mlp, hidden)[:, -1]
+        return self._map(mlp, hidden)[:, -1]
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:
-        perturbed = encoder.contextualize(self._apply(self.mlp_p, h_in), batch.items)  # eq. 11–12
+        perturbed = encoder.contextualize(self._map(self.mlp_p, h_in), batch.items)  # eq. 11–12
         views = {
             "o": hidden[:, -1],  # eq. 14, the main path's own output
             "p": perturbed[:, -1],

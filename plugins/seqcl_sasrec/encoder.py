@@ -48,6 +48,43 @@ class SASRecOptions:
             raise ConfigError(f"sasrec.init_std must be > 0, got {self.init_std}")
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout from a uniform draw.
+
+    Same distribution as ``F.dropout``, but on CPU ``torch.rand`` + compare is
+    about 2.5× faster than the ``bernoulli_`` kernel ``F.dropout`` uses, and
+    dropout was a third of a SASRec training step's time.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = (torch.rand_like(x) >= p).to(x.dtype)
+    return x * keep.mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training: bool) -> Tensor:
+    """softmax(q kᵀ/√e + mask) v with dropout p on the probabilities; (B, h, T, e) each.
+
+    Without dropout this is ``scaled_dot_product_attention``; with dropout the
+    explicit form is faster on CPU (SDPA falls back to its math path and draws
+    the mask with ``bernoulli_``).
+    """
+    if not training or p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5) + mask
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1), p, True), v)
+
+
 class TransformerBlock(nn.Module):
     """RecBole's post-LN block: attn → dropout → residual → LN, FFN → dropout → residual → LN."""
 
@@ -62,14 +99,12 @@ class TransformerBlock(nn.Module):
         self.ff1 = nn.Linear(d, opt.inner_size)
         self.ff2 = nn.Linear(opt.inner_size, d)
         self.ln2 = nn.LayerNorm(d, eps=opt.layer_norm_eps)
-        self.dropout = nn.Dropout(opt.dropout)
+        self.dropout = Dropout(opt.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, d), mask (B, 1, T, T) additive → (B, T, d)."""
         q, k, v = rearrange(self.qkv(x), "b t (three h e) -> three b h t e", three=3, h=self.heads)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        a = attention(q, k, v, mask, self.attn_dropout, self.training)
         x = self.ln1(x + self.dropout(self.out(rearrange(a, "b h t e -> b t (h e)"))))
         return self.ln2(x + self.dropout(self.ff2(F.gelu(self.ff1(x)))))
 
@@ -86,7 +121,7 @@ class SASRec(Encoder):
         self.item_embedding = nn.Embedding(rows, opt.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(ctx.max_len, opt.hidden_size)
         self.ln = nn.LayerNorm(opt.hidden_size, eps=opt.layer_norm_eps)
-        self.dropout = nn.Dropout(opt.dropout)
+        self.dropout = Dropout(opt.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(opt) for _ in range(opt.layers))
         self._init_weights(opt.init_std)
 

@@ -71,6 +71,16 @@ def windows(flat: Tensor, starts: Tensor, ends: Tensor, max_len: int) -> Tensor:
     return torch.where(valid, flat[idx.clamp(min=0)], torch.zeros((), dtype=flat.dtype))
 
 
+def trim_padding(items: Tensor) -> Tensor:
+    """Drop leading columns that are padding in every row: (B, T) → (B, W), W = longest row.
+
+    Exact for encoders that keep slot position ids (SASRec does): padded keys
+    are masked, so removing all-padding columns changes no real output.
+    """
+    width = int((items > 0).sum(dim=1).max()) if items.numel() else 0
+    return items[:, items.shape[1] - max(width, 1):]
+
+
 def training_samples(data: SequenceData) -> TrainSamples:
     """Prefix samples ``t = 1 … n-3`` of each user (input v_1..v_t, target v_{t+1})."""
     lengths = data.lengths()

@@ -34,10 +34,10 @@ def test_other_seed_other_data(data: SequenceData) -> None:
 def test_shape_like_a_small_benchmark(data: SequenceData) -> None:
     lengths = data.lengths()
     assert data.name == SYNTHETIC_NAME
-    assert 2000 <= data.num_users <= 3000
-    assert 500 <= data.num_items <= 1000
-    assert int(lengths.min()) >= 5 and int(lengths.max()) <= 40
-    assert 12 <= float(lengths.float().mean()) <= 18
+    assert 1000 <= data.num_users <= 3000
+    assert 200 <= data.num_items <= 1000
+    assert int(lengths.min()) >= 5 and int(lengths.max()) <= 20
+    assert 8 <= float(lengths.float().mean()) <= 14
 
 
 def test_clean(data: SequenceData) -> None:

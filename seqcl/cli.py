@@ -113,6 +113,12 @@ def data_stats(path: str, assignments: tuple[str, ...]) -> None:
     click.echo(format_stats(describe(data_obj)))
 
 
+from seqcl.study.cli import compare as _compare, study as _study  # noqa: E402  (imports nothing heavy)
+
+cli.add_command(_study)
+cli.add_command(_compare)
+
+
 def _add_plugin_commands() -> None:
     try:
         loaded = _load()

@@ -68,7 +68,7 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = (), *, entry_point
             module = importlib.import_module(module_name)
         except Exception as exc:
             raise PluginError(f"--plugin {module_name}: cannot import: {type(exc).__name__}: {exc}") from None
-        if pm.get_plugin(module_name) is None:
+        if pm.get_plugin(module_name) is None and not pm.is_registered(module):  # installed already: once
             pm.register(module, name=module_name)
             sources[module_name] = "--plugin module"
     for obj in extra_objects:

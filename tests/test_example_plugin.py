@@ -21,10 +21,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "seqcl-embnoise"
 @pytest.fixture
 def example_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    yield
-    import sys
-
-    sys.modules.pop("seqcl_embnoise", None)
 
 
 def test_example_registers_its_augmenter(example_on_path):

@@ -97,3 +97,8 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
     loaded = load_plugins()
     assert any(b.startswith("broken:") for b in loaded.broken)
     assert "aclsrec" in loaded.registry.names("augmenter")
+
+
+def test_plugin_option_for_an_installed_plugin_is_not_registered_twice():
+    loaded = load_plugins(["seqcl_aclsrec"])  # also found through its entry point
+    assert loaded.registry.get("augmenter", "aclsrec").plugin == "aclsrec"

@@ -27,7 +27,8 @@ def _forward(encoder, augmenter, batch):
 def test_registered_through_the_plugin_manager():
     loaded = load_plugins(["seqcl_embnoise"], entry_points=False)  # works installed or not
     component = loaded.registry.get("augmenter", "embnoise")
-    assert component.factory is EmbNoiseAugmenter
+    assert component.factory.__name__ == EmbNoiseAugmenter.__name__  # (another test may re-import the module)
+    assert component.plugin == "seqcl_embnoise"
     assert component.default_options() == {"scale": 0.1}
 
 
@@ -59,3 +60,26 @@ def test_gradients_reach_the_encoder():
     contrastive(views.tensors["n1"], views.tensors["n2"], tau=0.2, sim="cos").backward()
     grad = encoder.item_embedding.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_readme_tutorial_code_is_this_plugin():
+    """The README's code block runs as is and registers the same component."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    module = types.ModuleType("embnoise_tutorial")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    sys.modules["embnoise_tutorial"] = module
+    try:
+        tutorial = load_plugins(["embnoise_tutorial"], entry_points=False).registry.get("augmenter", "embnoise")
+    finally:
+        sys.modules.pop("embnoise_tutorial")
+    shipped = load_plugins(["seqcl_embnoise"], entry_points=False).registry.get("augmenter", "embnoise")
+    assert tutorial.description == shipped.description
+    assert tutorial.default_options() == shipped.default_options()
+    for attr in ("default_terms", "default_tau", "pairs"):
+        assert getattr(tutorial.factory, attr) == getattr(shipped.factory, attr)

@@ -1,0 +1,149 @@
+"""``seqcl study FILE``, ``seqcl study report DIR`` and ``seqcl compare A B``.
+
+``study`` is a group whose default subcommand is ``run``: ``seqcl study
+FILE.yaml …`` and ``seqcl study run FILE.yaml …`` are the same, and ``seqcl
+study report runs/<study>`` reports. Heavy imports (Optuna, SciPy, matplotlib,
+torch) happen inside the commands, so ``seqcl --help`` does not pay for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+class _DefaultGroup(click.Group):
+    """A group that runs ``run`` when the first argument is not a subcommand name."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+report_options = [
+    click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True,
+                 help="Which split's metrics and ranks."),
+    click.option("--test", "test", type=click.Choice(["ttest", "wilcoxon"]), default="ttest", show_default=True,
+                 help="Paired test over users."),
+    click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=2000, show_default=True,
+                 help="Bootstrap resamples for the CI of each difference (0: none)."),
+    click.option("--bootstrap-seed", "boot_seed", type=int, default=0, show_default=True,
+                 help="Seed of the bootstrap (same seed, same interval)."),
+]
+
+
+def _with(options: list[Any]):
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+@click.group(cls=_DefaultGroup)
+def study() -> None:
+    """Run a study file (`seqcl study FILE.yaml`) or report on one (`seqcl study report runs/<study>`).
+
+    A study is many runs of one experiment: variants (ablation rows, augmenters),
+    grids or an Optuna search, several seeds. Runs are kept in an Optuna ledger
+    (runs/<study>/study.db, or --storage URL shared by many machines); stopping
+    and rerunning resumes: finished runs are skipped, failed ones retried.
+    """
+
+
+@study.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of the study's base config (variants still override it).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine.")
+@click.option("--storage", metavar="URL",
+              help="SQLAlchemy URL of the ledger (postgresql://…); default sqlite in runs/<study>/study.db.")
+@click.option("--runs-dir", default="runs", show_default=True, help="Root of study directories.")
+@click.option("--name", help="Study name (default: the file's name:).")
+@click.option("--dry-run", is_flag=True, help="Check every run's config and list the runs; train nothing.")
+@click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
+@click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Seconds between a running trial's heartbeats (a run silent for 4× this is retried).")
+@click.option("--plugin", "plugin_modules", multiple=True, metavar="MODULE",
+              help="Import an uninstalled module as a plugin (repeatable).")
+@click.pass_context
+def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers: int, storage: str | None,
+            runs_dir: str, name: str | None, dry_run: bool, no_report: bool, heartbeat_s: int,
+            plugin_modules: tuple[str, ...]) -> None:
+    """Run every run of the study FILE that is not finished yet, then write the report."""
+    from seqcl.cli import _load
+    from seqcl.study.plan import build_plan
+    from seqcl.study.spec import load_spec
+
+    spec = load_spec(file, assignments, name)
+    loaded = _load(tuple(plugin_modules))
+    plan = build_plan(spec, loaded.registry, runs_dir)
+    if dry_run:
+        if spec.mode == "search":
+            click.echo(f"study {spec.name}: search, {spec.trials} trials × {len(plan.seeds)} seeds, "
+                       f"variants {', '.join(spec.variants)}; space: " + ", ".join(
+                           f"{k} {p.type} {list(p.choices) or [p.low, p.high]}" for k, p in spec.search.items()))
+        else:
+            click.echo(f"study {spec.name}: {len(plan.trained)} runs to train ({len(plan.cells)} table cells), "
+                       "every config checked")
+            for cell in plan.cells:
+                same = f"  (same config as {cell.same_as})" if cell.same_as else ""
+                click.echo(f"  {cell.run}  {cell.config_hash}{same}")
+        return
+    from seqcl.study.runner import run_study
+
+    outcome = run_study(plan, loaded, storage=storage, workers=workers, plugin_modules=tuple(plugin_modules),
+                        log=_echo_err, heartbeat_s=heartbeat_s)
+    progress = outcome.progress
+    if progress is not None:
+        _echo_err(progress.line(spec.name) + f" | {outcome.seconds:.1f}s")
+    for run, error in outcome.failed:
+        _echo_err(f"  failed: {run}: {error}")
+    if outcome.failed:
+        _echo_err("  (run the same command again to retry the failed runs)")
+    if not no_report and progress is not None and progress.done:
+        from seqcl.study.report import build_report, markdown, write_report
+
+        report = build_report(plan.study_dir)
+        paths = write_report(report)
+        click.echo(markdown(report), nl=False)
+        _echo_err("report: " + ", ".join(str(p) for p in paths))
+    if progress is not None and progress.running:
+        _echo_err(f"  ({progress.running} run(s) still running in other processes; their results join the "
+                  f"report when `seqcl study report {plan.study_dir}` runs after them)")
+    ctx.exit(1 if outcome.failed or progress is None or progress.left else 0)
+
+
+@study.command("report")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@_with(report_options)
+@click.option("--no-plots", is_flag=True, help="Tables only.")
+def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: int, no_plots: bool) -> None:
+    """Write report.md, report.csv and plot PNGs into STUDY_DIR (runs/<study>) and print the table."""
+    from seqcl.study.report import build_report, markdown, write_report
+
+    report = build_report(study_dir, split=split, test=test, n_boot=n_boot, boot_seed=boot_seed)
+    paths = write_report(report, plots=not no_plots)
+    click.echo(markdown(report), nl=False)
+    _echo_err("report: " + ", ".join(str(p) for p in paths))
+
+
+@click.command("compare")
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@_with(report_options)
+def compare(run_a: str, run_b: str, split: str, test: str, n_boot: int, boot_seed: int) -> None:
+    """Metric deltas of run RUN_B against run RUN_A, paired over users, with bootstrap CIs."""
+    from seqcl.study.compare import compare_runs, format_comparison
+
+    ra, rb, rows = compare_runs(run_a, run_b, split=split, test=test, n_boot=n_boot, seed=boot_seed)
+    click.echo(format_comparison(ra, rb, rows, split, n_boot, boot_seed))
+

@@ -1,0 +1,409 @@
+"""The ledger of a study's runs: an Optuna study in an RDB storage.
+
+Why Optuna: it already is a shared, durable record of trials (state, params,
+values, user attributes, heartbeats) over SQLite or any SQLAlchemy URL, with
+tools around it (optuna-dashboard). One trial is one run (grid studies) or one
+sampled configuration over all seeds (search studies).
+
+Exactly-once for grids. Optuna's ``GridSampler`` alone may run a grid point
+twice when workers race, and it counts failed points as visited (see
+``GridSampler._get_unvisited_grid_ids``). So every grid run is *enqueued* as a
+WAITING trial (fixed param ``run``; the study's sampler is still a GridSampler
+over the run names) and a worker claims one by moving it WAITING → RUNNING with
+``storage.set_trial_state_values``, which refuses a trial that is no longer
+WAITING. All enqueueing and claiming additionally happens under a study-wide
+lock — a file lock beside a SQLite file (pysqlite reads outside transactions,
+so the storage's ``SELECT … FOR UPDATE`` is no lock there), ``pg_advisory_lock``
+on PostgreSQL, ``GET_LOCK`` on MySQL — so two machines starting the same study
+at the same moment cannot enqueue a run twice either.
+
+Resuming: a run whose trial is COMPLETE is never enqueued again; a FAIL trial
+(an exception, Ctrl-C, a worker that died, or a heartbeat that stopped — a
+killed machine) is enqueued again by the next ``seqcl study`` call. Each trial
+stores a hash of its resolved config; a study file changed under a finished
+run is an error naming the keys that differ, not a silent mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seqcl.errors import ConfigError
+from seqcl.study.plan import Cell, config_diff
+
+DEFAULT_HEARTBEAT_S = 30
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def default_url(study_dir: Path) -> str:
+    """``sqlite:///<absolute path>/study.db`` in the study directory."""
+    return f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden (for logs and study.json)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna's experimental-feature and heartbeat-without-optimize warnings are noise here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _sqlite_path(url: str) -> str | None:
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database
+    return db if db and db != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (no-op for None): local processes only, which is all SQLite serves."""
+    if path is None:
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` with whichever driver is installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, 2.0 to psycopg2;
+    with only ``psycopg2-binary`` installed the first would fail to import.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        rest = url.split("://", 1)[1]
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+        if url.startswith("postgres://"):
+            return f"postgresql://{rest}"
+    return url
+
+
+def open_storage(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S, attempts: int = 5) -> Any:
+    """An ``optuna.storages.RDBStorage`` with heartbeats; errors are one line.
+
+    Creating the schema is not safe against a second process doing the same at
+    the same moment (Optuna inserts its alembic version row), so a SQLite file
+    is opened under its lock and any database is retried a few times.
+    """
+    optuna = _optuna()
+    url = normalize_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    db = _sqlite_path(url)
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 120}  # writers wait for each other instead of failing
+    for attempt in range(attempts):
+        try:
+            with _quiet(), _file_lock(f"{db}.lock" if db else None):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                                  grace_period=4 * heartbeat_s)
+        except Exception as exc:  # bad URL, missing driver, server down, a concurrent schema creation
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if attempt + 1 < attempts and ("IntegrityError" in repr(type(exc)) or "UNIQUE" in first
+                                           or "duplicate" in first.lower() or "already exists" in first):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(f"--storage {redact(url)}: cannot open: {first}") from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def study_lock(storage: Any, study_name: str) -> Iterator[None]:
+    """Serialise enqueue/claim across processes and machines (see the module docstring)."""
+    from sqlalchemy import text
+
+    engine = storage.engine
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        db = engine.url.database
+        with _file_lock(f"{db}.lock" if db and db != ":memory:" else None):
+            yield
+        return
+    key = int.from_bytes(hashlib.sha256(f"seqcl-study:{study_name}".encode()).digest()[:8], "big", signed=True)
+    if dialect == "postgresql":
+        acquire, release, args = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", {"k": key}
+    elif dialect in ("mysql", "mariadb"):
+        acquire, release, args = "SELECT GET_LOCK(:k, 600)", "SELECT RELEASE_LOCK(:k)", {"k": f"seqcl-{key}"}
+    else:  # other databases: the storage's row-level claim is all there is
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text(acquire), args)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text(release), args)
+            conn.commit()
+
+
+@dataclass
+class Progress:
+    """Counts of a study's runs (grid) or trials (search)."""
+
+    total: int
+    done: int
+    running: int
+    failed: int
+    mean_seconds: float | None  # mean duration of finished runs, for the ETA
+
+    @property
+    def left(self) -> int:
+        return max(self.total - self.done - self.running, 0)
+
+    def line(self, name: str, workers: int = 1) -> str:
+        eta = ""
+        if self.mean_seconds is not None and (self.left or self.running):
+            parallel = max(self.running, workers, 1)
+            seconds = self.mean_seconds * (self.left + 0.5 * self.running) / parallel
+            eta = f" | ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"[study {name}] {self.done}/{self.total} done, {self.running} running, {self.left} left{failed}{eta}"
+
+
+@dataclass
+class Claim:
+    """A trial this worker owns until it reports it finished or failed."""
+
+    trial_id: int
+    number: int
+    run: str | None  # grid: the run name; search: None (runs are per seed)
+
+
+class Heartbeat:
+    """Record a trial's heartbeat every interval, so a dead machine's run is detected and retried."""
+
+    def __init__(self, storage: Any, trial_id: int, interval_s: int) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is not worth killing the run
+                self._storage.record_heartbeat(self._trial_id)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Ledger:
+    """One study in one storage: enqueue, claim, report back, count."""
+
+    def __init__(self, url: str, study_name: str, run_names: list[str] | None = None, *,
+                 heartbeat_s: int = DEFAULT_HEARTBEAT_S, seed: int = 0) -> None:
+        optuna = _optuna()
+        self.url = url
+        self.name = study_name
+        self.heartbeat_s = heartbeat_s
+        self.run_names = list(run_names or [])
+        self.notes: list[str] = []  # things sync() accepted but the user should know
+        self.storage = open_storage(url, heartbeat_s)
+        if run_names:
+            sampler = optuna.samplers.GridSampler({"run": list(run_names)}, seed=seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed)
+        try:
+            self.study = optuna.create_study(storage=self.storage, study_name=study_name, sampler=sampler,
+                                             direction="maximize", load_if_exists=True)
+        except Exception as exc:
+            raise ConfigError(f"--storage {redact(url)}: cannot open study {study_name!r}: {exc}") from None
+        self.study_id = self.study._study_id
+
+    # ----------------------------------------------------------- helpers
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return study_lock(self.storage, self.name)
+
+    def trials(self, states: tuple[Any, ...] | None = None) -> list[Any]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+
+    def fail_stale(self) -> None:
+        """Mark RUNNING trials whose heartbeat stopped as FAIL (a killed worker or machine)."""
+        with _quiet():
+            _optuna().storages.fail_stale_trials(self.study)
+
+    def fail_worker(self, worker: str) -> int:
+        """Mark the RUNNING trials of a worker known to be dead as FAIL; returns how many."""
+        TrialState = _optuna().trial.TrialState
+        n = 0
+        for t in self.trials((TrialState.RUNNING,)):
+            if t.user_attrs.get("worker") == worker:
+                self.storage.set_trial_user_attr(t._trial_id, "error", "worker process died")
+                with contextlib.suppress(Exception):
+                    n += bool(self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
+        return n
+
+    # -------------------------------------------------------------- grid
+
+    def sync(self, cells: list[Cell], configs: dict[str, dict[str, Any]]) -> int:
+        """Enqueue every run that is not finished, waiting or running; returns how many.
+
+        Raises ConfigError when a finished, waiting or running trial of a run was
+        made from a different config (the study file changed under it).
+        Call with :meth:`lock` held.
+        """
+        TrialState = _optuna().trial.TrialState
+        self.fail_stale()
+        live: dict[str, Any] = {}
+        for t in self.trials():
+            run = t.user_attrs.get("run")
+            if run is None or t.state == TrialState.FAIL:
+                continue
+            if t.state == TrialState.COMPLETE or run not in live:
+                live[run] = t
+        added = 0
+        upgraded: list[str] = []
+        new_keys: set[str] = set()
+        for cell in cells:
+            t = live.get(cell.run)
+            if t is not None:
+                if t.user_attrs.get("config_hash") != cell.config_hash:
+                    changed, one_sided = config_diff(t.user_attrs.get("config") or {}, configs.get(cell.run, {}))
+                    if changed or not one_sided:
+                        raise ConfigError(self._conflict(cell, t, configs.get(cell.run, {})))
+                    upgraded.append(cell.run)
+                    new_keys.update(one_sided)
+                continue
+            self.study.enqueue_trial(
+                {"run": cell.run},
+                user_attrs={**cell.to_dict(), "config": configs.get(cell.run, {})},
+            )
+            added += 1
+        if upgraded:
+            self.notes.append(f"{len(upgraded)} run(s) predate options added or removed since "
+                              f"({', '.join(sorted(new_keys))}); taken as unchanged")
+        return added
+
+    def _conflict(self, cell: Cell, trial: Any, config: dict[str, Any]) -> str:
+        old = trial.user_attrs.get("config") or {}
+        keys = config_diff(old, config)[0] or sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {config.get(k)!r}" for k in keys[:4]) or "unknown keys"
+        more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+        state = trial.state.name.lower()
+        return (f"study {self.name!r}: run {cell.run} is {state} in {redact(self.url)} with another config "
+                f"({shown}{more}); give the study a new name (--name) or remove its ledger")
+
+    def claim(self, runs: set[str]) -> Claim | None:
+        """Move one WAITING trial of ``runs`` to RUNNING and return it; None when none is left."""
+        optuna = _optuna()
+        TrialState = optuna.trial.TrialState
+        for t in sorted(self.trials((TrialState.WAITING,)), key=lambda t: t.number):
+            run = t.user_attrs.get("run")
+            if run not in runs:
+                continue
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            self.storage.set_trial_user_attr(t._trial_id, "worker", worker_id())
+            if run in self.run_names:  # the grid point as an Optuna param, as GridSampler would set it
+                dist = optuna.distributions.CategoricalDistribution(self.run_names)
+                self.storage.set_trial_param(t._trial_id, "run", dist.to_internal_repr(run), dist)
+            return Claim(t._trial_id, t.number, run)
+        return None
+
+    def progress(self, cells: list[Cell] | None = None, trials_target: int | None = None) -> Progress:
+        """Done / running / failed counts of ``cells`` (grid) or of the search trials."""
+        TrialState = _optuna().trial.TrialState
+        trials = self.trials()
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds()
+                     for t in trials if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+        mean = sum(durations) / len(durations) if durations else None
+        if cells is None:
+            done = sum(t.state == TrialState.COMPLETE for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            failed = sum(t.state == TrialState.FAIL for t in trials)
+            return Progress(trials_target or 0, min(done, trials_target or done), running, failed, mean)
+        wanted = {c.run for c in cells}
+        states: dict[str, set[Any]] = {run: set() for run in wanted}
+        for t in trials:
+            run = t.user_attrs.get("run")
+            if run in states:
+                states[run].add(t.state)
+        done = sum(TrialState.COMPLETE in s for s in states.values())
+        running = sum(TrialState.RUNNING in s and TrialState.COMPLETE not in s for s in states.values())
+        failed = sum(s == {TrialState.FAIL} or (TrialState.FAIL in s and not s & {TrialState.COMPLETE,
+                     TrialState.RUNNING, TrialState.WAITING}) for s in states.values())
+        return Progress(len(wanted), done, running, failed, mean)
+
+    # ------------------------------------------------------------ search
+
+    def claim_search(self, trials_target: int) -> Any | None:
+        """A new Optuna trial (TPE) unless ``trials_target`` trials are finished or running."""
+        TrialState = _optuna().trial.TrialState
+        self.fail_stale()
+        done = len(self.trials((TrialState.COMPLETE,)))
+        running = len(self.trials((TrialState.RUNNING,)))
+        if done + running >= trials_target:
+            return None
+        with _quiet():
+            trial = self.study.ask()
+        self.storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+        return trial
+
+    # ------------------------------------------------------------ report
+
+    def set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, key, json.loads(json.dumps(value, default=str)))
+
+    def finish(self, number: int, value: float) -> None:
+        with _quiet():
+            self.study.tell(number, value, skip_if_finished=True)
+
+    def fail(self, trial_id: int, number: int, error: str) -> None:
+        TrialState = _optuna().trial.TrialState
+        with contextlib.suppress(Exception):
+            self.storage.set_trial_user_attr(trial_id, "error", error[:2000])
+        with _quiet(), contextlib.suppress(Exception):
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)

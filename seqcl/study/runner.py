@@ -1,0 +1,356 @@
+"""Run a study: claim runs from the ledger and train them, in one or several processes.
+
+Each worker — this process, or one of ``--workers N`` spawned processes, on
+this machine or another one sharing ``--storage`` — loops: claim a run under
+the study lock, train it with :func:`seqcl.training.train` (``run.dir`` =
+``runs/<study>/runs``, ``run.name`` = the run's deterministic name), store the
+run dir and metrics as the trial's user attributes, report it finished. A run
+that raises is reported FAIL and the worker goes on; Ctrl-C reports the
+current run FAIL and stops. The next ``seqcl study`` call retries failed runs
+and skips finished ones.
+
+A run directory that already holds ``summary.json`` with the same config (a
+worker that died between training and reporting) is reused, not retrained; a
+leftover ``<run>.incomplete`` is removed first, because the claim makes this
+worker its only owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqcl.config import resolve
+from seqcl.plugins import LoadedPlugins, load_plugins
+from seqcl.study.ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
+from seqcl.study.plan import Cell, Plan, config_diff, hashed_items, search_cell
+from seqcl.study.spec import SearchParam
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunOutcome:
+    """What one trained (or reused) run gives back to the ledger."""
+
+    value: float  # the headline metric on the validation split (the study maximises it)
+    attrs: dict[str, Any]
+    reused: bool = False
+
+
+@dataclass
+class StudyOutcome:
+    plan: Plan
+    progress: Progress | None
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run or trial, error)
+    seconds: float = 0.0
+    url: str = ""
+
+
+# ----------------------------------------------------------------- one run
+
+
+def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOutcome:
+    """Train one run into ``runs/<study>/runs/<cell.run>`` (or reuse a finished one)."""
+    from seqcl.training import train
+
+    resolved = resolve(plugins.registry, cell.config)
+    final = plan.runs_dir / cell.run
+    summary_path = final / "summary.json"
+    if summary_path.is_file():
+        saved = yaml.safe_load((final / "config.yaml").read_text())
+        changed, _ = config_diff(hashed_items(saved), hashed_items(resolved.tree))
+        if changed:
+            raise RuntimeError(f"{final} exists from another config ({', '.join(changed[:4])}); "
+                               "remove it to rerun")
+        summary = json.loads(summary_path.read_text())
+        log(f"reusing finished run dir {final}")
+        reused = True
+    else:
+        incomplete = final.with_name(final.name + ".incomplete")
+        if incomplete.exists():
+            log(f"removing the leftover {incomplete} of an earlier attempt")
+            shutil.rmtree(incomplete)
+        result = train(resolved, plugins, log=log)
+        if result.run_dir != final:
+            log(f"warning: run dir is {result.run_dir}, expected {final}")
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        final = result.run_dir
+        reused = False
+    (final / "cell.json").write_text(json.dumps({"study": plan.spec.name, **cell.to_dict()}, indent=2) + "\n")
+    attrs = {"run_dir": str(final), "valid": summary["valid"], "test": summary["test"],
+             "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+             "train_seconds": summary["seconds"]}
+    return RunOutcome(float(summary["valid"][plan.metric]), attrs, reused)
+
+
+def _run_log(plan: Plan, name: str) -> tuple[Log, Callable[[], None]]:
+    """A logger appending to ``runs/<study>/logs/<name>.log`` and its closer."""
+    path = plan.study_dir / "logs" / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a")
+
+    def log(msg: str) -> None:
+        fh.write(msg + "\n")
+        fh.flush()
+
+    return log, fh.close
+
+
+# ------------------------------------------------------------ worker loops
+
+
+def _suggest(trial: Any, param: SearchParam) -> Any:
+    if param.type == "float":
+        return trial.suggest_float(param.key, param.low, param.high, log=param.log, step=param.step)
+    if param.type == "int":
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.log,
+                                 step=int(param.step or 1))
+    return trial.suggest_categorical(param.key, list(param.choices))
+
+
+def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr, workers: int = 1) -> int:
+    """Claim and run until nothing is left; returns the number of runs (trials) that failed here."""
+    failed = 0
+    by_run = plan.by_run()
+    while True:
+        with ledger.lock():
+            if plan.spec.mode == "grid":
+                claim = ledger.claim(set(by_run))
+                trial = None
+                if claim is None:
+                    return failed
+                trial_id, number, label = claim.trial_id, claim.number, claim.run
+            else:
+                trial = ledger.claim_search(plan.spec.trials)
+                if trial is None:
+                    return failed
+                trial_id, number, label = trial._trial_id, trial.number, f"trial {trial.number}"
+        started = time.perf_counter()
+        run_log, close = _run_log(plan, label.replace(" ", "-"))
+        try:
+            with Heartbeat(ledger.storage, trial_id, ledger.heartbeat_s):
+                if trial is None:
+                    outcome = run_cell(by_run[label], plan, plugins, run_log)
+                    value, attrs = outcome.value, outcome.attrs
+                else:
+                    value, attrs = _run_trial(trial, plan, plugins, run_log)
+            ledger.set_attrs(trial_id, attrs)
+            ledger.finish(number, value)
+            log(f"[study {plan.spec.name}] {label} finished in {time.perf_counter() - started:.1f}s "
+                f"(valid {plan.metric} {value:.4f})")
+        except KeyboardInterrupt:
+            ledger.fail(trial_id, number, "interrupted")
+            raise
+        except Exception as exc:
+            run_log(traceback.format_exc())
+            ledger.fail(trial_id, number, f"{type(exc).__name__}: {exc}")
+            log(f"[study {plan.spec.name}] {label} FAILED: {type(exc).__name__}: {exc}")
+            failed += 1
+        finally:
+            close()
+        if workers == 1:
+            progress = ledger.progress(plan.trained or None, plan.spec.trials or None)
+            if progress.left or progress.running:
+                log(progress.line(plan.spec.name, workers))
+
+
+def _run_trial(trial: Any, plan: Plan, plugins: LoadedPlugins, log: Log) -> tuple[float, dict[str, Any]]:
+    """One search trial: sample its parameters, train every seed, return the mean valid metric."""
+    variants = list(plan.spec.variants)
+    variant = trial.suggest_categorical("variant", variants) if len(variants) > 1 else variants[0]
+    params = {key: _suggest(trial, p) for key, p in plan.spec.search.items()}
+    values, runs, tests = [], [], []
+    for seed in plan.seeds:
+        cell = search_cell(plan, plugins.registry, trial.number, variant, params, seed)
+        outcome = run_cell(cell, plan, plugins, log)
+        values.append(outcome.value)
+        runs.append(outcome.attrs["run_dir"])
+        tests.append(outcome.attrs["test"])
+    mean_test = {k: sum(t[k] for t in tests) / len(tests) for k in tests[0]}
+    return sum(values) / len(values), {"variant": variant, "params": params, "runs": runs, "test_mean": mean_test}
+
+
+# -------------------------------------------------------- spawned workers
+
+
+@dataclass
+class WorkerJob:
+    """Everything a spawned worker process needs (picklable)."""
+
+    plan: Plan
+    url: str
+    plugin_modules: tuple[str, ...]
+    heartbeat_s: int
+    threads: int
+    log_path: str
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, a batch scheduler) like Ctrl-C: the running trial is reported FAIL."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def worker_main(job: WorkerJob) -> None:
+    """Entry point of a ``--workers`` process: stdout/stderr go to its log file."""
+    fd = os.open(job.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    plugins = load_plugins(job.plugin_modules)
+    ledger = Ledger(job.url, job.plan.spec.name, [c.run for c in job.plan.trained] or None,
+                    heartbeat_s=job.heartbeat_s)
+    try:
+        failed = work(job.plan, ledger, plugins, log=_stderr, workers=2)
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        sys.exit(130)
+    sys.exit(1 if failed else 0)
+
+
+def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], heartbeat_s: int,
+           log: Log, poll_s: float) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    threads = 0
+    if not (plan.spec.base.get("train") or {}).get("threads"):
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    logs = plan.study_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(workers):
+        job = WorkerJob(plan, url, plugin_modules, heartbeat_s, threads, str(logs / f"worker-{i + 1}.log"))
+        p = ctx.Process(target=worker_main, args=(job,), name=f"seqcl-study-worker-{i + 1}")
+        p.start()
+        procs.append(p)
+    log(f"[study {plan.spec.name}] {workers} worker processes ({threads or 'default'} torch threads each), "
+        f"logs in {logs}")
+    ledger = Ledger(url, plan.spec.name, heartbeat_s=heartbeat_s)
+    host = socket.gethostname()
+    last = ""
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=poll_s / len(procs))
+            line = ledger.progress(plan.trained or None, plan.spec.trials or None).line(plan.spec.name, workers)
+            if line != last:
+                log(line)
+                last = line
+    except KeyboardInterrupt:
+        log(f"[study {plan.spec.name}] interrupted: stopping workers (their running runs are marked failed)")
+        for p in procs:  # Ctrl-C in a terminal reached them too; a signal to this process alone did not
+            p.join(timeout=2)
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker reports its running trial FAIL and exits
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        raise
+    finally:
+        for p in procs:
+            if p.exitcode in (0, None):
+                continue
+            # A worker that died leaves its run RUNNING until the heartbeat expires: fail it now.
+            n = ledger.fail_worker(f"{host}:{p.pid}")
+            if p.exitcode != 1 or n:
+                log(f"[study {plan.spec.name}] worker {p.name} exited with code {p.exitcode}"
+                    + ("; its run is marked failed" if n else ""))
+
+
+# --------------------------------------------------------------- the study
+
+
+def run_study(plan: Plan, plugins: LoadedPlugins, *, storage: str | None = None, workers: int = 1,
+              plugin_modules: tuple[str, ...] = (), log: Log = _stderr,
+              heartbeat_s: int = DEFAULT_HEARTBEAT_S, poll_s: float = 2.0) -> StudyOutcome:
+    """Enqueue the plan's runs in the ledger and work on them until none is left."""
+    started = time.perf_counter()
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_url(plan.study_dir)
+    write_study_json(plan, url)
+    ledger = Ledger(url, plan.spec.name, [c.run for c in plan.trained] or None, heartbeat_s=heartbeat_s)
+    if plan.spec.mode == "grid":
+        with ledger.lock():
+            added = ledger.sync(plan.trained, plan.configs)
+        for note in ledger.notes[:5]:
+            log(f"[study {plan.spec.name}] note: {note}")
+        progress = ledger.progress(plan.trained)
+        shared = len(plan.cells) - len(plan.trained)
+        log(f"[study {plan.spec.name}] {len(plan.trained)} runs{f' (+{shared} sharing an identical run)' if shared else ''}: "
+            f"{progress.done} done, {progress.running} running elsewhere, {added} queued | ledger {redact(url)}")
+    else:
+        log(f"[study {plan.spec.name}] search: {plan.spec.trials} trials × {len(plan.seeds)} seeds | "
+            f"ledger {redact(url)}")
+    with sigterm_as_interrupt():
+        if workers <= 1:
+            work(plan, ledger, plugins, log, workers=1)
+        else:
+            _spawn(plan, url, workers, plugin_modules, heartbeat_s, log, poll_s)
+    progress = ledger.progress(plan.trained or None, plan.spec.trials or None)
+    return StudyOutcome(plan, progress, failures(ledger, plan), time.perf_counter() - started, url)
+
+
+def failures(ledger: Ledger, plan: Plan) -> list[tuple[str, str]]:
+    """Runs (grid) or trials (search) whose last attempt failed and that are not finished."""
+    import optuna
+
+    TrialState = optuna.trial.TrialState
+    trials = ledger.trials()
+    if plan.spec.mode == "search":
+        return [(f"trial {t.number}", t.user_attrs.get("error", "?")) for t in trials if t.state == TrialState.FAIL]
+    finished = {t.user_attrs.get("run") for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING,
+                                                                       TrialState.WAITING)}
+    last: dict[str, str] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        run = t.user_attrs.get("run")
+        if t.state == TrialState.FAIL and run in plan.by_run() and run not in finished:
+            last[run] = t.user_attrs.get("error", "?")
+    return sorted(last.items())
+
+
+def write_study_json(plan: Plan, url: str) -> Path:
+    """``runs/<study>/study.json``: the spec and its runs, so a report needs no study file or ledger."""
+    path = plan.study_dir / "study.json"
+    data = {"name": plan.spec.name, "mode": plan.spec.mode, "metric": plan.metric, "seeds": plan.seeds,
+            "storage": redact(url), "spec": plan.spec.to_dict(), "cells": [c.to_dict() for c in plan.cells]}
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+

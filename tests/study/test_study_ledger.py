@@ -1,0 +1,123 @@
+"""The ledger: resume (finished runs are never rerun, failed ones are retried), stale runs,
+changed configs, and two processes sharing one SQLite study without running anything twice."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import seqcl.training as training
+from seqcl.cli import main
+from seqcl.plugins import load_plugins
+from seqcl.study.ledger import Ledger, default_url
+from seqcl.study.plan import build_plan
+from seqcl.study.runner import run_study
+from seqcl.study.spec import load_spec
+
+from study_helpers import ledger_trials, write_spec
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return load_plugins()
+
+
+def states(study_dir):
+    out = {}
+    for t in sorted(ledger_trials(study_dir, "t"), key=lambda t: t.number):
+        out.setdefault(t.user_attrs["run"], []).append(t.state.name)
+    return out
+
+
+def test_resume_skips_finished_retries_failed(tmp_path, tiny_file, monkeypatch, capsys):
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1, 2, 3])
+    study = tmp_path / "runs" / "t"
+    real, calls = training.train, []
+
+    def flaky(resolved, plugins, log=None):
+        calls.append(resolved.run.name)
+        if resolved.run.name == "a__s2" and calls.count("a__s2") == 1:
+            (study / "runs" / "a__s2.incomplete").mkdir(parents=True)  # as a crash mid-training leaves it
+            raise RuntimeError("boom")
+        return real(resolved, plugins, log=log)
+
+    monkeypatch.setattr(training, "train", flaky)
+    args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert calls == ["a__s1", "a__s2", "a__s3"]
+    assert "failed: a__s2: RuntimeError: boom" in err and "2/3 done" in err
+    assert states(study) == {"a__s1": ["COMPLETE"], "a__s2": ["FAIL"], "a__s3": ["COMPLETE"]}
+
+    assert main(args) == 0  # resume: only the failed run trains again
+    assert calls[3:] == ["a__s2"]
+    assert states(study)["a__s2"] == ["FAIL", "COMPLETE"]
+    assert sorted(p.name for p in (study / "runs").iterdir()) == ["a__s1", "a__s2", "a__s3"]  # leftover removed
+    for t in ledger_trials(study, "t"):
+        if t.state.name == "COMPLETE":
+            summary = json.loads((study / "runs" / t.user_attrs["run"] / "summary.json").read_text())
+            assert t.user_attrs["test"] == summary["test"] and t.value == summary["valid"]["mrr@10"]
+            assert t.params == {"run": t.user_attrs["run"]}
+
+    assert main(args) == 0  # everything finished: nothing trains
+    assert len(calls) == 4
+    capsys.readouterr()
+
+    (study / "study.db").unlink()  # ledger lost: finished run dirs are reused, not retrained
+    assert main(args) == 0
+    assert len(calls) == 4 and "reusing finished run dir" in (study / "logs" / "a__s1.log").read_text()
+
+    # an option added to seqcl since a run was made (absent from its stored config) is not a change
+    t0 = next(t for t in ledger_trials(study, "t") if t.state.name == "COMPLETE")
+    older = {k: v for k, v in t0.user_attrs["config"].items() if k != "train.patience"}
+    with sqlite3.connect(study / "study.db") as db:  # finished trials are read-only through Optuna
+        for key, value in (("config", older), ("config_hash", "0ld")):
+            db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = ?",
+                       (json.dumps(value), t0._trial_id, key))
+    assert main(args) == 0 and len(calls) == 4
+    assert "1 run(s) predate options added or removed since (train.patience)" in capsys.readouterr().err
+
+    assert main([*args, "--set", "train.epochs=2"]) == 2  # the study changed under finished runs
+    err = capsys.readouterr().err
+    assert "run a__s1 is complete" in err and "train.epochs: 1 → 2" in err and "--name" in err
+
+
+def test_stale_running_run_is_failed_and_retried(tmp_path, tiny_file, plugins):
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1])
+    plan = build_plan(load_spec(spec), plugins.registry, tmp_path)
+    plan.study_dir.mkdir(parents=True)
+    ledger = Ledger(default_url(plan.study_dir), "t", ["a__s1"], heartbeat_s=1)
+    with ledger.lock():
+        ledger.sync(plan.trained, plan.configs)
+        claim = ledger.claim({"a__s1"})  # a worker claims the run, beats once, and is killed
+    ledger.storage.record_heartbeat(claim.trial_id)
+    with ledger.lock():
+        assert ledger.claim({"a__s1"}) is None  # nobody else may take it while it runs
+    time.sleep(4.5)  # grace period: 4 heartbeats
+    outcome = run_study(plan, plugins, heartbeat_s=1, log=lambda m: None)
+    assert outcome.progress.done == 1 and not outcome.failed
+    assert states(plan.study_dir) == {"a__s1": ["FAIL", "COMPLETE"]}
+
+
+def test_two_processes_share_one_sqlite_study_each_run_once(tmp_path, tiny_file):
+    seeds = [1, 2, 3, 4]
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=seeds)
+    cmd = [sys.executable, "-m", "seqcl", "study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = tmp_path / "runs" / "t"
+    trials = ledger_trials(study, "t")
+    runs = [t.user_attrs["run"] for t in trials]
+    assert sorted(runs) == sorted(f"a__s{s}" for s in seeds)  # enqueued once, despite two concurrent syncs
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(p.name for p in (study / "runs").iterdir()) == sorted(runs)  # no a__s1-2: nothing ran twice
+    finished = [line.split()[2] for _, err in outputs for line in err.splitlines() if " finished in " in line]
+    assert sorted(finished) == sorted(runs)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes worked

@@ -1,0 +1,143 @@
+"""Study files: shape checks, per-run config checks before training, run names, the CLI's exit 2."""
+
+import pytest
+import yaml
+
+from seqcl.cli import main
+from seqcl.errors import ConfigError
+from seqcl.plugins import load_plugins
+from seqcl.study.plan import build_plan, config_diff
+from seqcl.study.spec import load_spec, parse_spec
+
+from study_helpers import EXAMPLES, write_spec
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_plugins().registry
+
+
+def spec(**fields):
+    data = {"name": "s", "base": {"dataset": "builtin"}, "variants": {"a": {"augmenter": "none"}}}
+    data.update(fields)
+    return data
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"variantz": {}}, "unknown key 'variantz' (did you mean 'variants'?)"),
+    ({"name": "a b"}, "name must be a name"),
+    ({"variants": {}}, "variants must be a non-empty mapping"),
+    ({"variants": {"a": 3}}, "variant 'a' must be a mapping"),
+    ({"baseline": "b"}, "baseline 'b' is not a variant"),
+    ({"grid": {"loss.tau": 0.1}}, "grid.loss.tau must be a non-empty list"),
+    ({"grid": {"loss.tau": [0.1, 0.1]}}, "grid.loss.tau repeats a value"),
+    ({"seeds": [1, 1]}, "seeds repeats a seed"),
+    ({"seeds": ["x"]}, "seeds must be a non-empty list of integers"),
+    ({"metric": "auc"}, "metric must look like hr@10"),
+    ({"trials": 3}, "trials is only used with search"),
+    ({"base": {"train": {"seed": 3}}, "seeds": [1]}, "train.seed is set by the study itself"),
+    ({"base": {"run": {"dir": "x"}}}, "run.dir is set by the study itself"),
+    ({"variants": {"a": {"loss.tau": 1, "grid": {"loss.tau": [1, 2]}}}}, "variant 'a' sets loss.tau and its grid"),
+    ({"grid": {"loss.tau": [1]}, "variants": {"a": {"loss": {"tau": 2}}}}, "which the top-level grid sweeps"),
+    ({"search": {"loss.tau": {"type": "float", "low": 1, "high": 0.1}}, "trials": 2}, "low must be < high"),
+    ({"search": {"loss.tau": {"type": "float", "low": 0.1, "high": 1}}}, "trials must be an integer"),
+    ({"search": {"loss.tau": {"type": "float", "low": 0.1, "high": 1}}, "trials": 2, "grid": {"x": [1]}},
+     "search and grid exclude each other"),
+    ({"variants": {"a": {}, "b": {"grid": {"loss.tau": [1, 2]}}}, "baseline": "b"}, "the baseline must be one"),
+])
+def test_shape_errors_name_the_key(fields, message):
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec(**fields), "s.yaml")
+    assert message in str(info.value) and str(info.value).startswith("study s.yaml: ")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"variants": {"a": {"augmenter": "none"}, "b": {"augmenter": "aclsrec", "loss.cl.simm": "cos"}}},
+     "variant 'b', seed 2026: unknown key 'loss.cl.simm' (did you mean 'loss.cl.sim'?)"),
+    ({"variants": {"b": {"augmenter": "aclsrec", "without": ["nope"]}}}, "variant 'b', seed 2026: --without nope"),
+    ({"variants": {"b": {"augmenter": "nope"}}}, "variant 'b', seed 2026: unknown augmenter 'nope'"),
+    ({"variants": {"b": {"augmenter": "aclsrec", "grid": {"loss.cl.weight": [0.1, "x"]}}}},
+     "variant 'b', loss.cl.weight=x, seed 2026: loss.cl.weight must be a number"),
+    ({"grid": {"loss.main": ["ce", "nce"]}}, "variant 'a', loss.main=nce, seed 2026: loss.main must be one of"),
+    ({"base": {"dataset": "/no/such/file.txt"}}, "dataset '/no/such/file.txt' not found"),
+    ({"metric": "hr@20"}, "metric 'hr@20' is not computed"),
+])
+def test_every_run_config_is_checked_before_training(registry, tmp_path, fields, message):
+    with pytest.raises(ConfigError) as info:
+        build_plan(parse_spec(spec(**fields), "s.yaml"), registry, tmp_path)
+    assert message in str(info.value)
+    assert not (tmp_path / "s").exists()  # nothing written, nothing trained
+
+
+def test_cells_names_order_aliases_and_overrides(registry, tmp_path):
+    data = spec(variants={
+        "full": {"augmenter": "aclsrec"},
+        "lam": {"augmenter": "aclsrec", "grid": {"loss.cl.weight": [0.05, 0.1]}},
+        "nob": {"augmenter": "aclsrec", "without": "boundary", "loss": {"cl": {"sim": "cos"}}},
+    }, grid={"loss.main": ["ce", "sampled"]}, seeds=[1, 2])
+    plan = build_plan(parse_spec(data, "s.yaml", overrides=[("train.epochs", 3)]), registry, tmp_path)
+    assert len(plan.cells) == 2 * 2 * 4
+    first = plan.cells[:4]
+    assert [c.run for c in first] == ["full__loss.main=ce__s1", "lam__loss.main=ce__loss.cl.weight=0.05__s1",
+                                      "lam__loss.main=ce__loss.cl.weight=0.1__s1", "nob__loss.main=ce__s1"]
+    assert plan.cells[4].group == {"loss.main": "sampled"} and plan.cells[-1].seed == 2
+    # λ = 0.1 is the default: same config as `full`, trained once
+    assert first[2].same_as == "full__loss.main=ce__s1" and first[2].config_hash == first[0].config_hash
+    assert len(plan.trained) == 12
+    cfg = first[3].config
+    assert cfg["without"] == ["boundary"] and cfg["loss"]["cl"]["sim"] == "cos" and cfg["train"]["epochs"] == 3
+    assert cfg["run"] == {"dir": str(tmp_path / "s" / "runs"), "name": "nob__loss.main=ce__s1"}
+    assert cfg["train"]["seed"] == 1 and cfg["loss"]["main"] == "ce"
+    again = build_plan(parse_spec(data, "s.yaml", overrides=[("train.epochs", 3)]), registry, tmp_path)
+    assert [c.config_hash for c in again.cells] == [c.config_hash for c in plan.cells]  # deterministic
+
+
+@pytest.mark.parametrize("name, runs, trained", [
+    ("aclsrec-ablation.yaml", 36, 36), ("aclsrec-sensitivity.yaml", 69, 57), ("compare-augmenters.yaml", 21, 21),
+    ("tiny.yaml", 8, 8),
+])
+def test_example_studies_validate(registry, tmp_path, name, runs, trained):
+    plan = build_plan(load_spec(EXAMPLES / name, ["dataset=builtin"]), registry, tmp_path)
+    assert (len(plan.cells), len(plan.trained)) == (runs, trained)
+    raw = yaml.safe_load((EXAMPLES / name).read_text())
+    if name != "tiny.yaml":
+        assert raw["base"]["dataset"] == "../shared/data/Beauty.txt"
+
+
+def test_ablation_rows_are_the_papers(registry, tmp_path):
+    plan = build_plan(load_spec(EXAMPLES / "aclsrec-ablation.yaml", ["dataset=builtin"]), registry, tmp_path)
+    from seqcl.config import resolve
+
+    terms = {}
+    for cell in plan.cells:
+        r = resolve(registry, cell.config)
+        terms[(cell.variant, cell.group["loss.main"])] = (r.augmenter, r.terms, r.loss.negatives,
+                                                          r.tree["loss"].get("cl", {}).get("sim"))
+    for main_loss in ("ce", "sampled"):
+        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "dot")
+        assert terms[("B-no-boundary", main_loss)][1] == ["cl", "align"]
+        assert terms[("C-no-align", main_loss)][1] == ["cl", "boundary"]
+        assert terms[("D-no-cl", main_loss)][1] == ["align", "boundary"]
+        assert terms[("E-sasrec", main_loss)][:2] == ("none", [])
+        assert terms[("A-full-cos", main_loss)][3] == "cos"
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    bad = write_spec(tmp_path / "bad.yaml", "builtin", variants={"x": {"augmenter": "none", "sasrec.hiden_size": 8}})
+    code = main(["study", str(bad), "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "variant 'x'" in err and "sasrec.hiden_size" in err
+    code = main(["study", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "config file not found" in capsys.readouterr().err
+    ok = write_spec(tmp_path / "ok.yaml", "builtin", variants={"x": {"augmenter": "none"}}, seeds=[1, 2])
+    code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--set", "train.epochs=2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "x__s1" in out and "x__s2" in out and not (tmp_path / "t").exists()
+    code = main(["study", str(ok), "--runs-dir", str(tmp_path), "--set", "train.epochz=2"])
+    assert code == 2 and "unknown key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_config_diff_separates_changes_from_new_options():
+    assert config_diff({"a": 1, "b": 2, "old": 0}, {"a": 1, "b": 3, "new": 0}) == (["b"], ["new", "old"])
+    assert config_diff({"a": 1}, {"a": 1}) == ([], [])

@@ -30,22 +30,22 @@ from seqcl.data.preprocess import renumber_by_first_appearance
 
 SYNTHETIC_NAME = "builtin"
 # Bump when the generator's output for a given seed changes (it is in cache keys).
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Shape of the generated data; the defaults give 1,500 users, 300 items, mean length ~10.
+    """Shape of the generated data; the defaults give 1,000 users, 300 items, mean length ~10.
 
     Sized so that the default ``seqcl train`` (SASRec, SPEC defaults, early
     stopping) finishes in about a minute or two on two CPU cores.
     """
 
-    num_users: int = 1500
+    num_users: int = 1000
     num_intents: int = 10
     items_per_intent: int = 30
-    successor_probs: tuple[float, ...] = (0.4, 0.25, 0.2, 0.15)
-    noise: float = 0.15  # per step: a popular item from anywhere
+    successor_probs: tuple[float, ...] = (0.6, 0.25, 0.15)
+    noise: float = 0.08  # per step: a popular item from anywhere
     two_intents: float = 0.35  # share of users with a second intent
     switch: float = 0.15  # per step, for two-intent users: change intent
     zipf: float = 1.0  # popularity exponent inside an intent

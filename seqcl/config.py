@@ -45,6 +45,8 @@ class TrainOptions:
     seed: int = 2026
     device: str = "cpu"
     threads: int = 0  # 0 = torch's default
+    group_by_length: bool = False  # batch similar lengths together (faster, NOT exact: changes batches)
+    autocast_bf16: bool = False  # bf16 autocast of the forward pass (faster on GPUs, NOT exact)
 
     def validate(self) -> None:
         _positive(self, "train", "epochs", "batch_size")

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from seqcl.errors import SeqclError
+from seqcl.study.cli import compare as compare_command, study as study_command  # light: imports are lazy
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,10 +114,8 @@ def data_stats(path: str, assignments: tuple[str, ...]) -> None:
     click.echo(format_stats(describe(data_obj)))
 
 
-from seqcl.study.cli import compare as _compare, study as _study  # noqa: E402  (imports nothing heavy)
-
-cli.add_command(_study)
-cli.add_command(_compare)
+cli.add_command(study_command)
+cli.add_command(compare_command)
 
 
 def _add_plugin_commands() -> None:

@@ -12,13 +12,13 @@ match is rebuilt.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from seqcl.data.cache import atomic_save
 
 log = logging.getLogger("seqcl.duorec")
 
@@ -119,23 +119,13 @@ def load_index(path: Path, targets: Tensor, num_items: int) -> SameTargetIndex |
 
 def save_index(path: Path, index: SameTargetIndex) -> bool:
     """Write atomically (temporary file + ``os.replace``); a cache that cannot be written costs a warning."""
-    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": INDEX_VERSION, "order": index.order, "counts": index.counts,
-                        "position": index.position}, f)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_save({"version": INDEX_VERSION, "order": index.order, "counts": index.counts,
+                     "position": index.position}, path)
         return True
     except OSError as exc:
         log.warning("could not write DuoRec index %s (%s); continuing without it", path, exc)
         return False
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def load_or_build(cache_dir: str | Path | None, data_key: str, targets: Tensor, num_items: int) -> SameTargetIndex:

@@ -78,24 +78,30 @@ def save_cached(cache_dir: str | Path, key: str, data: SequenceData) -> Path | N
     this call and the final name only ever points at a complete file.
     """
     path = cache_path(cache_dir, key)
-    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(_pack(data), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_save(_pack(data), path)
         return path
     except OSError as e:
         log.warning("could not write data cache %s (%s); continuing without it", path, e)
         return None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``.
+
+    A killed process never leaves a half-written cache file; raises OSError.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _pack(data: SequenceData) -> dict[str, Any]:

@@ -52,13 +52,34 @@ def cli(debug: bool) -> None:
 @click.option("--seed", type=int, help="Shortcut for --set train.seed=N.")
 @click.option("--device", help="Shortcut for --set train.device=DEVICE (cpu, cuda).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--resume", "resume_dir", metavar="RUN_DIR",
+              help="Continue an interrupted run from its last.pt (its config.yaml is used; no other options).")
 @plugin_option
 def train(config_file, dataset, augmenter, encoder, assignments, with_terms, without_terms, epochs, seed, device,
-          dry_run, plugin_modules) -> None:
-    """Train a model and print valid/test metrics at the best epoch."""
+          dry_run, resume_dir, plugin_modules) -> None:
+    """Train a model and print valid/test metrics at the best epoch.
+
+    A checkpoint (last.pt) is written after every epoch; after Ctrl-C, a kill or
+    a crash, `seqcl train --resume RUN_DIR` continues where the run stopped and
+    ends with exactly the results of an uninterrupted run (on CPU).
+    """
     from seqcl.config import parse_assignment, read_yaml, resolve
+    from seqcl.errors import ConfigError
 
     loaded = _load(tuple(plugin_modules))
+    if resume_dir is not None:
+        given = [flag for flag, value in (("--config", config_file), ("--dataset", dataset),
+                                          ("--augmenter", augmenter), ("--encoder", encoder),
+                                          ("--set", assignments), ("--with", with_terms),
+                                          ("--without", without_terms), ("--epochs", epochs), ("--seed", seed),
+                                          ("--device", device), ("--dry-run", dry_run)) if value]
+        if given:
+            raise ConfigError(f"--resume uses the run's own config.yaml; it takes no {', '.join(given)}")
+        from seqcl.training import resume
+
+        result = resume(resume_dir, loaded)
+        _print_result(result)
+        return
     file_config = read_yaml(config_file) if config_file else {}
     overrides = [parse_assignment(a) for a in assignments]
     for key, value in (("dataset", dataset), ("augmenter", augmenter), ("encoder", encoder),
@@ -69,11 +90,16 @@ def train(config_file, dataset, augmenter, encoder, assignments, with_terms, wit
     if dry_run:
         click.echo(resolved.to_yaml(), nl=False)
         return
-    from seqcl.training import format_table, train as run_training
+    from seqcl.training import train as run_training
 
-    result = run_training(resolved, loaded)
+    _print_result(run_training(resolved, loaded))
+
+
+def _print_result(result) -> None:
+    from seqcl.training import format_table
+
     click.echo(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.1f}s); run: {result.run_dir}")
-    click.echo(format_table(result, resolved.eval.ks))
+    click.echo(format_table(result))
 
 
 @cli.command("plugins")

@@ -23,3 +23,15 @@ class ConfigError(SeqclError):
 
 class PluginError(SeqclError):
     """An unknown component name, a duplicate registration, a broken plugin."""
+
+
+class StorageError(SeqclError):
+    """A file that could not be written (read-only folder, full disk): not the user's input."""
+
+    exit_code = 1
+
+
+class NonFiniteLoss(SeqclError):
+    """Training diverged: a loss term became NaN or infinite (the last good checkpoint is kept)."""
+
+    exit_code = 3

@@ -343,3 +343,23 @@ def evaluate(
         encoder.train(was_training)
     ranks = ranks.clone()  # a normal tensor, not an inference tensor
     return EvalResult(metrics=metrics_from_ranks(ranks, ks), ranks=ranks)
+
+
+def trivially_ranked(split_set: EvalSet, num_items: int, k: int, exclude_history: bool) -> int:
+    """How many users have at most ``k`` rankable items, so that their HR@k is 1 by construction.
+
+    A data set with ``k ≥`` its number of items, or users whose (excluded)
+    history covers almost every item, gives metrics that cannot tell models
+    apart; training warns about them.
+    """
+    if not exclude_history:
+        return len(split_set) if num_items <= k else 0
+    lengths = split_set.ends - split_set.starts
+    suspect = torch.nonzero(num_items - lengths <= k).flatten().tolist()  # cheap bound: no repeats
+    items = split_set.data.items
+    count = 0
+    for u in suspect:  # exact: distinct history items, the target stays rankable
+        history = set(items[split_set.starts[u]:split_set.ends[u]].tolist())
+        history.discard(int(split_set.targets[u]))
+        count += num_items - len(history) <= k
+    return count

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,16 +21,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqcl.config import Resolved
+from seqcl import checkpoint
+from seqcl.checkpoint import FitState
+from seqcl.config import Resolved, read_yaml, resolve
 from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
 from seqcl.data.loading import load_data
-from seqcl.errors import ConfigError
-from seqcl.evaluation import EvalResult, evaluate
-from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm
+from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
+from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
+from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Views
 from seqcl.objective import main_loss
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
-from seqcl.runs import RunDir
+from seqcl.runs import BEST, LAST, RunDir
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Model:
     weights: dict[str, float]
     num_items: int
     max_len: int
+    augmenter_label: str = "augmenter"  # "augmenter 'crop' (plugin cl4srec)", for contract errors
+    views_checked: bool = False
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.encoder, self.augmenter, *self.terms.values()) if isinstance(m, nn.Module)]
@@ -62,12 +67,23 @@ class Model:
             module.to(device)
         return self
 
+    def components(self) -> dict[str, Any]:
+        """Checkpoint name → component: ``encoder``, ``augmenter``, ``term.<name>``."""
+        return {"encoder": self.encoder, "augmenter": self.augmenter,
+                **{f"term.{name}": term for name, term in self.terms.items()}}
+
     def state_dict(self) -> dict[str, Any]:
-        return {f"{i}": m.state_dict() for i, m in enumerate(self.modules())}
+        """Every component's ``state_dict()`` (weights, buffers, extra state), by name.
+
+        A component that is not an ``nn.Module`` is included when it has a
+        ``state_dict`` method (see ``seqcl.interfaces``, "State").
+        """
+        return {name: c.state_dict() for name, c in self.components().items() if hasattr(c, "state_dict")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for i, m in enumerate(self.modules()):
-            m.load_state_dict(state[f"{i}"])
+        for name, c in self.components().items():
+            if hasattr(c, "load_state_dict"):
+                c.load_state_dict(state[name])
 
 
 def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -> Model:
@@ -101,7 +117,8 @@ def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -
             options = resolved.term_options[name]
             terms[name] = registry.get("loss_term", name).factory(options, context)
             weights[name] = float(options.weight)
-    return Model(encoder, augmenter, terms, weights, context.num_items, context.max_len)
+    label = f"augmenter {aug.name!r} (plugin {aug.plugin})"
+    return Model(encoder, augmenter, terms, weights, context.num_items, context.max_len, label)
 
 
 @dataclass
@@ -130,6 +147,9 @@ def training_step(model: Model, batch: Batch, resolved: Resolved, generator: tor
     skipped = []
     if model.terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
+        if not model.views_checked:
+            check_views(views, batch.size, h.shape[-1], model.augmenter_label)
+            model.views_checked = True
         for name, term in model.terms.items():
             if getattr(term, "needs_negatives", False) and batch.size < 2:
                 skipped.append(name)
@@ -140,8 +160,44 @@ def training_step(model: Model, batch: Batch, resolved: Resolved, generator: tor
     return StepOutput(total, parts, skipped)
 
 
-def _progress(iterable: Any, **kwargs: Any) -> Any:
-    return tqdm(iterable, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True, **kwargs)
+def check_views(views: Views, batch_size: int, width: int, label: str) -> None:
+    """The ``Views`` contract, checked once per run: every view is (B, d) and every pair names views.
+
+    A wrong shape would otherwise train silently (a transposed (d, B) view
+    broadcasts through the similarity matrices) or fail deep inside a term.
+    """
+    if not isinstance(views, Views):
+        raise PluginError(f"{label}: forward must return seqcl.interfaces.Views, got {type(views).__name__}")
+    for name, tensor in views.tensors.items():
+        shape = tuple(getattr(tensor, "shape", ()))
+        if not isinstance(tensor, Tensor) or shape != (batch_size, width):
+            raise PluginError(f"{label}: view {name!r} has shape {shape}, expected (B, d) = ({batch_size}, {width})")
+    for pair in views.pairs:
+        missing = [n for n in pair if n not in views.tensors]
+        if len(pair) != 2 or missing:
+            raise PluginError(f"{label}: pair {pair!r} names views it does not return "
+                              f"(views: {', '.join(views.tensors) or 'none'})")
+
+
+#: Without a terminal (nohup, study workers, CI) a progress line is logged this often, in seconds.
+PROGRESS_EVERY_S = 30.0
+
+
+def _progress(batches: Any, total: int, desc: str, batch_size: int, log: Callable[[str], None]) -> Any:
+    """A tqdm bar on a terminal; otherwise a line every ``PROGRESS_EVERY_S``: step, samples/s, ETA."""
+    if sys.stderr.isatty():
+        yield from tqdm(batches, total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
+                        dynamic_ncols=True)
+        return
+    started = last = time.perf_counter()
+    for step, batch in enumerate(batches, 1):
+        yield batch
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S and step < total:
+            last = now
+            rate = step / (now - started)
+            eta = (total - step) / rate
+            log(f"{desc} | step {step}/{total} | {rate * batch_size:,.0f} samples/s | ETA {eta:.0f}s")
 
 
 def iterate_batches(samples: TrainSamples, batch_size: int, max_len: int, generator: torch.Generator,
@@ -206,11 +262,15 @@ def make_optimizer(model: Model, resolved: Resolved) -> torch.optim.Optimizer:
 
 def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSamples, resolved: Resolved,
                 generator: torch.Generator, device: torch.device, max_batches: int | None = None,
-                progress: str | None = None) -> tuple[dict[str, Tensor], dict[str, int], int]:
+                progress: str | None = None, log: Callable[[str], None] | None = None,
+                first: dict[str, float] | None = None) -> tuple[dict[str, Tensor], dict[str, int], int]:
     """One pass over shuffled batches (or the first ``max_batches``): step, backward, Adam.
 
     Returns the summed (detached) loss parts, the skip counts and the number of
-    batches. The loss sums stay on the device: nothing here waits for it.
+    batches. A non-finite loss raises :class:`NonFiniteLoss` at its step, before
+    the optimizer touches the weights (one host sync per step: free on CPU, a
+    few microseconds on CUDA). ``first``, if given and empty, receives the first
+    step's loss parts (for the divergence warning).
     """
     t = resolved.train
     model.train(True)
@@ -224,13 +284,17 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
     if max_batches is not None:
         total_batches = min(total_batches, max_batches)
     if progress is not None:
-        batches = _progress(batches, total=total_batches, desc=progress, unit="batch")
+        batches = _progress(batches, total_batches, progress, t.batch_size, log or _stderr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.autocast_bf16)
     for batch in batches:
         if n_batches >= total_batches:
             break
         with autocast:
             out = training_step(model, batch, resolved, generator)
+        if not bool(torch.isfinite(out.total)):
+            raise NonFiniteLoss(_non_finite(out, n_batches + 1))
+        if first is not None and not first:
+            first.update({name: float(value) for name, value in out.parts.items()})
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
@@ -240,6 +304,17 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
             skipped[name] = skipped.get(name, 0) + 1
         n_batches += 1
     return sums, skipped, n_batches
+
+
+def _non_finite(out: StepOutput, step: int) -> str:
+    bad = [(name, float(v)) for name, v in out.parts.items() if not bool(torch.isfinite(v))]
+    name, value = bad[0] if bad else ("total", float(out.total))
+    what = f"loss term {name!r}" if name != "main" else "the main loss"
+    return f"step {step}: {what} is not finite ({value})"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -279,33 +354,94 @@ def prepare(resolved: Resolved, plugins: LoadedPlugins) -> tuple[SequenceData, s
 
 
 def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train with early stopping on validation; test with the best weights; write the run dir."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    """Train with early stopping on validation; test with the best weights; write the run dir.
+
+    The run dir gets ``last.pt`` after every epoch and ``best.pt`` whenever
+    validation improves, so an interrupted run continues with :func:`resume`.
+    """
+    return _run(resolved, plugins, None, log or _stderr, None)
+
+
+def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Continue an interrupted run from its ``last.pt``; the result equals an uninterrupted run (CPU).
+
+    Refused (one line): a finished or failed run, a folder without a checkpoint,
+    a ``config.yaml`` or data file changed since the checkpoint.
+    """
+    run = RunDir.open(path)
+    ckpt = checkpoint.load(run.path / LAST)
+    resolved = resolve(plugins.registry, read_yaml(run.path / "config.yaml"))
+    changed = checkpoint.changed_keys(ckpt["config"], resolved.tree)
+    if changed:
+        raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
+                          "start a new run instead")
+    return _run(resolved, plugins, run, log or _stderr, ckpt)
+
+
+def _new_run_dir(resolved: Resolved, plugins: LoadedPlugins) -> RunDir:
+    """Claim the run dir and write its config; a folder that can't be written fails here, before training."""
+    run = RunDir.create(resolved.run.dir, resolved.run.name, resolved.augmenter, resolved.dataset)
+    try:
+        run.write_text("config.yaml", resolved.to_yaml())
+        run.write_json("plugins.json", plugins.sources)
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing trained yet: leave nothing behind
+        raise
+    return run
+
+
+def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Callable[[str], None],
+         ckpt: dict[str, Any] | None) -> TrainResult:
+    """Set up (data, model, optimizer, or the checkpoint's state), then fit; ``run`` None: a new run dir."""
     t = resolved.train
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {t.device!r} but CUDA is not available")
+    if t.metric not in _metric_names(resolved):
+        raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
     generator = _set_seed(t.seed)
     data, key, model = prepare(resolved, plugins)
+    if run is not None and ckpt is not None and ckpt["data_key"] != key:
+        raise ConfigError(f"--resume {run.path}: the data changed since the checkpoint ({resolved.dataset}: "
+                          "content or preprocessing differs); start a new run instead")
     samples = training_samples(data)
     valid_set, test_set = eval_set(data, "valid"), eval_set(data, "test")
     device = torch.device(t.device)
-    if t.metric not in _metric_names(resolved):
-        raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
     optimizer = make_optimizer(model, resolved)
-
-    run = RunDir.create(resolved.run.dir, resolved.run.name, resolved.augmenter, resolved.dataset)
+    state = FitState()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"], generator)
+        state = checkpoint.fit_state(ckpt)
+        log(f"resuming {run.path} after epoch {state.epoch} (best epoch {state.best_epoch})")
+    else:
+        _warn_trivial(valid_set, data, resolved, log)
+        run = _new_run_dir(resolved, plugins)
+    log(f"run dir {run.final} | {data.num_users} users, {data.num_items} items, {len(samples)} training samples")
     try:
-        run.write_text("config.yaml", resolved.to_yaml())
-        run.write_json("plugins.json", plugins.sources)
-        log(f"run dir {run.final} | {data.num_users} users, {data.num_items} items, {len(samples)} training samples")
-        result = _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log)
+        result = _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log,
+                      state, ckpt["best_model"] if ckpt else None, key)
         final = run.finish()
+    except (KeyboardInterrupt, NonFiniteLoss):
+        raise  # _fit said what is kept and how to resume
     except BaseException:
         log(f"run stopped; partial results left in {run.path}")
         raise
     return dataclasses.replace(result, run_dir=final)
+
+
+def _warn_trivial(valid_set: Any, data: SequenceData, resolved: Resolved, log: Callable[[str], None]) -> None:
+    """Warn when a metric cannot discriminate: users with ≤ k rankable items have HR@k = 1 by construction."""
+    if data.num_users == 1:
+        log("warning: the data set has a single user: every metric is that one user's hit or miss")
+    for k in resolved.eval.ks:
+        n = trivially_ranked(valid_set, data.num_items, k, resolved.eval.exclude_history)
+        if n:
+            log(f"warning: {n} of {len(valid_set)} users have at most {k} rankable items "
+                f"({data.num_items} items in all): their HR@{k} is 1 whatever the model")
+            break
 
 
 def _metric_names(resolved: Resolved) -> list[str]:
@@ -319,59 +455,121 @@ def _evaluate(model: Model, split_set: Any, resolved: Resolved, device: torch.de
     )
 
 
-def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log) -> TrainResult:
+#: A loss part this many times its first-step value, or a weighted term this many times the main
+#: loss, gets a warning: the run is probably diverging or dominated by the term (lr, τ, weights).
+DIVERGENCE_FACTOR = 100.0
+
+
+def _divergence_warnings(losses: dict[str, float], state: FitState, weights: dict[str, float]) -> list[str]:
+    """Cheap checks on the epoch's mean losses against the first step's; each warning once per run."""
+    out = []
+    for name, value in losses.items():
+        first = state.first.get(name, 0.0)
+        if first > 1e-3 and value > DIVERGENCE_FACTOR * first and f"grow:{name}" not in state.warned:
+            state.warned.append(f"grow:{name}")
+            out.append(f"{name} loss {value:.4g} is {value / first:.0f}x its first step's {first:.4g}: "
+                       "the run is diverging (check train.lr and the temperatures)")
+        share = weights.get(name, 0.0) * value
+        main = losses.get("main", 0.0)
+        if name != "main" and main > 0 and share > DIVERGENCE_FACTOR * main and f"dominate:{name}" not in state.warned:
+            state.warned.append(f"dominate:{name}")
+            out.append(f"weighted {name} loss {share:.4g} is {share / main:.0f}x the main loss {main:.4g}: "
+                       "it dominates training (check its weight and temperature)")
+    main, first = losses.get("main"), state.first.get("main")
+    if state.epoch >= 2 and main is not None and first and main >= first and "stall:main" not in state.warned:
+        state.warned.append("stall:main")
+        out.append(f"the main loss has not decreased since the first step ({first:.4g} -> {main:.4g} "
+                   f"at epoch {state.epoch}): the model is not learning")
+    return out
+
+
+def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log, state,
+         best_state, data_key) -> TrainResult:
     t = resolved.train
-    best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
-    bad_epochs = 0
-    started = time.perf_counter()
-    epoch = 0
-    for epoch in range(1, t.epochs + 1):
-        epoch_start = time.perf_counter()
-        sums, skipped, n_batches = train_epoch(model, optimizer, samples, resolved, generator, device,
-                                               progress=f"epoch {epoch}")
-        train_seconds = time.perf_counter() - epoch_start
-        losses = {name: float(value) / n_batches for name, value in sums.items()}
-        if any(not math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"epoch {epoch}: non-finite loss {losses}")
-        valid = _evaluate(model, valid_set, resolved, device).metrics
-        seconds = time.perf_counter() - epoch_start
-        score = valid[t.metric]
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch, best_valid, bad_epochs = score, epoch, valid, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-        record = {"epoch": epoch, "loss": losses, "skipped": skipped, "valid": valid,
-                  "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3)}
-        run.append_jsonl("metrics.jsonl", record)
-        parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
-        log(f"epoch {epoch:3d} | {parts} | valid {t.metric} {score:.4f}{' *' if improved else ''} | {seconds:.1f}s")
-        if bad_epochs >= t.patience:
-            log(f"early stop: no improvement of valid {t.metric} for {t.patience} epochs")
-            break
+    records = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
+    started = time.perf_counter() - state.seconds
+    if best_state is not None and state.best_epoch:  # a kill between best.pt and last.pt: rewrite it
+        run.save(BEST, best_state)
+    saved = state.epoch
+    try:
+        while not state.stopped and state.epoch < t.epochs:
+            epoch = state.epoch + 1
+            epoch_start = time.perf_counter()
+            try:
+                sums, skipped, n_batches = train_epoch(model, optimizer, samples, resolved, generator, device,
+                                                       progress=f"epoch {epoch}", log=log, first=state.first)
+            except NonFiniteLoss as exc:
+                kept = f"epoch {state.epoch} kept in {run.path}" if state.epoch else f"no epoch finished; {run.path}"
+                reason = f"epoch {epoch}, {exc}"
+                run.mark_failed(reason)
+                raise NonFiniteLoss(f"{reason}; run stopped ({kept}, marked failed)") from None
+            train_seconds = time.perf_counter() - epoch_start
+            losses = {name: float(value) / n_batches for name, value in sums.items()}
+            valid = _evaluate(model, valid_set, resolved, device).metrics
+            seconds = time.perf_counter() - epoch_start
+            score = valid[t.metric]
+            improved = score > state.best_score
+            state.epoch = epoch
+            if improved:
+                state.best_score, state.best_epoch, state.best_valid, state.bad_epochs = score, epoch, valid, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                state.bad_epochs += 1
+            state.stopped = state.bad_epochs >= t.patience
+            state.seconds = time.perf_counter() - started
+            for warning in _divergence_warnings(losses, state, model.weights):
+                log(f"warning: epoch {epoch}: {warning}")
+            records.append({"epoch": epoch, "loss": losses, "skipped": skipped, "valid": valid,
+                            "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3)})
+            run.write_jsonl("metrics.jsonl", records)
+            if improved:
+                run.save(BEST, best_state)
+            run.save(LAST, checkpoint.build(model.state_dict(), optimizer, generator, state, best_state,
+                                            resolved.tree, data_key))
+            saved = epoch
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            log(f"epoch {epoch:3d} | {parts} | valid {t.metric} {score:.4f}{' *' if improved else ''} | {seconds:.1f}s")
+            if state.stopped:
+                log(f"early stop: no improvement of valid {t.metric} for {t.patience} epochs")
+    except KeyboardInterrupt:
+        log(f"interrupted; epoch {saved} is saved: resume with  seqcl train --resume {run.path}" if saved
+            else f"interrupted before the first epoch ended; nothing to resume in {run.path}")
+        raise
     assert best_state is not None
     model.load_state_dict(best_state)
-    torch.save(best_state, run.path / "best.pt")
     valid_result = _evaluate(model, valid_set, resolved, device)
     test_result = _evaluate(model, test_set, resolved, device)
     total = time.perf_counter() - started
     if resolved.run.save_ranks:
-        torch.save({"valid": valid_result.ranks.to(torch.int32), "test": test_result.ranks.to(torch.int32)},
-                   run.path / "ranks.pt")
+        run.save("ranks.pt", {"valid": valid_result.ranks.to(torch.int32), "test": test_result.ranks.to(torch.int32)})
     summary = {
         "augmenter": resolved.augmenter, "encoder": resolved.encoder, "dataset": resolved.dataset,
-        "terms": resolved.terms, "best_epoch": best_epoch, "epochs_run": epoch,
+        "terms": resolved.terms, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "valid": valid_result.metrics, "test": test_result.metrics, "seconds": round(total, 2),
-        "seed": t.seed,
+        "seed": t.seed, "peak_rss_mb": peak_rss_mb(),
     }
     run.write_json("summary.json", summary)
-    return TrainResult(run.final, best_epoch, valid_result.metrics, test_result.metrics, epoch, total)
+    return TrainResult(run.final, state.best_epoch, valid_result.metrics, test_result.metrics, state.epoch, total)
 
 
-def format_table(result: TrainResult, ks: list[int]) -> str:
-    """A plain-text metrics table for stdout."""
-    cols = [f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in ks]
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM) in MiB, where the OS reports it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
+
+def format_table(result: TrainResult) -> str:
+    """A plain-text metrics table for stdout (the metrics' own order: hr, ndcg, mrr per K)."""
+    cols = sorted(result.test, key=lambda c: (("hr", "ndcg", "mrr").index(c.split("@")[0]), int(c.split("@")[1])))
     head = "split | " + " | ".join(f"{c:>8}" for c in cols)
     rows = [head, "-" * len(head)]
     for split, metrics in (("valid", result.valid), ("test", result.test)):

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from seqcl.errors import ConfigError
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, Views
+from seqcl.rng import DeviceGenerators, OwnsGenerators
 
 from . import operators as ops
 
@@ -81,7 +82,7 @@ class RandomOptions:
             _check_ratio("random", name, getattr(self, name))
 
 
-class CL4SRecAugmenter(Augmenter):
+class CL4SRecAugmenter(OwnsGenerators, Augmenter):
     """Base: views ``v1``, ``v2`` = encode(augment(items)); pair (v1, v2). Subclasses pick the operator."""
 
     default_terms = {"cl": {"weight": 0.1}}  # dot product is the cl term's default
@@ -96,15 +97,7 @@ class CL4SRecAugmenter(Augmenter):
         if self.uses_mask and getattr(options, "mask_with", "token") == "token":
             self.mask_token = ctx.num_items + 1  # the extra item row the core adds for us
             self.extra_rows = 1
-        self.seed = int(ctx.seed) + SEED_OFFSET
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The augmenter's own RNG on ``device`` (created, seeded, on first use)."""
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return gen
+        self.generators = DeviceGenerators(int(ctx.seed) + SEED_OFFSET)
 
     def augment(self, items: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(B, W) → two augmented copies, each (B, W). The input is not modified."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from seqcl.data.dataset import windows
 from seqcl.errors import ConfigError
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, Views
+from seqcl.rng import DeviceGenerators, OwnsGenerators
 
 from .index import draw_same_target, load_or_build
 
@@ -52,7 +53,7 @@ def _trim(items: Tensor) -> Tensor:
     return items[:, items.shape[1] - width:]
 
 
-class DuoRecAugmenter(Augmenter):
+class DuoRecAugmenter(OwnsGenerators, Augmenter):
     """Views ``h``, ``h_prime``, ``h_sem`` (those the mode needs); one pair."""
 
     default_terms = {"cl": {"weight": 0.1}}  # dot product is the cl term's default
@@ -65,8 +66,7 @@ class DuoRecAugmenter(Augmenter):
         self.pairs = list(PAIRS[self.mode])
         self.needed = {name for pair in self.pairs for name in pair}
         self.max_len = ctx.max_len
-        self.seed = int(ctx.seed) + SEED_OFFSET
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.generators = DeviceGenerators(int(ctx.seed) + SEED_OFFSET)
         if "h_sem" in self.needed:
             samples = ctx.train
             if samples is None:
@@ -78,12 +78,6 @@ class DuoRecAugmenter(Augmenter):
                                 ("flat_items", samples.data.items), ("starts", samples.starts),
                                 ("ends", samples.ends)):
                 self.register_buffer(name, value.to(torch.long).clone(), persistent=False)
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return gen
 
     def same_target_samples(self, sample_ids: Tensor) -> Tensor:
         """(B,) sample ids → (B,) ids of random other training samples with the same targets."""

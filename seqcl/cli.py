@@ -6,25 +6,48 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from seqcl.errors import SeqclError
+from seqcl.errors import PluginError, SeqclError
 from seqcl.study.cli import compare as compare_command, study as study_command  # light: imports are lazy
 
+if TYPE_CHECKING:
+    from seqcl.plugins import LoadedPlugins
 
-@functools.lru_cache(maxsize=None)
-def _load(plugin_modules: tuple[str, ...] = ()):
-    """Discover plugins once per process (per set of ``--plugin`` modules)."""
+
+#: this command's discovery, by ``--plugin`` modules; ``main`` empties it, so each
+#: command discovers once and sees the plugins installed now (tests call ``main`` repeatedly)
+_LOADED: dict[tuple[str, ...], LoadedPlugins] = {}
+
+
+def _load(plugin_modules: tuple[str, ...] = ()) -> LoadedPlugins:
+    """Discover plugins once per command (per set of ``--plugin`` modules); warn about skipped ones once."""
     from seqcl.plugins import load_plugins
 
-    loaded = load_plugins(plugin_modules)
-    for problem in loaded.broken:
-        click.echo(f"warning: plugin {problem} (skipped)", err=True)
-    return loaded
+    key = tuple(plugin_modules)
+    if key not in _LOADED:
+        loaded = load_plugins(key)
+        for problem in loaded.broken:
+            click.echo(f"warning: plugin {problem} (skipped)", err=True)
+        _LOADED[key] = loaded
+    return _LOADED[key]
+
+
+def _plugin_modules(argv: list[str]) -> tuple[str, ...]:
+    """The ``--plugin`` values in ``argv``, in order, so discovery (which adds plugin commands)
+    happens before click parses and the command reuses it instead of discovering again."""
+    modules: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--plugin" and i + 1 < len(argv):
+            modules.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            modules.append(arg.partition("=")[2])
+    return tuple(modules)
 
 
 plugin_option = click.option(
@@ -105,10 +128,11 @@ def _print_result(result) -> None:
 @cli.command("plugins")
 @plugin_option
 def list_plugins(plugin_modules) -> None:
-    """List every registered component: kind, name, plugin, description."""
+    """List every registered component: kind, name, plugin, description; skipped plugins as kind ``broken``."""
     loaded = _load(tuple(plugin_modules))
     rows = [(c.kind, c.name, f"{c.plugin} ({loaded.sources.get(c.plugin, '?')})", c.description)
             for c in loaded.registry.all()]
+    rows += [("broken", b.name, f"{b.name} ({b.source})", f"skipped: {b.error}") for b in loaded.broken]
     widths = [max(len(r[i]) for r in rows + [("kind", "name", "plugin", "")]) for i in range(3)]
     click.echo(f"{'kind':{widths[0]}}  {'name':{widths[1]}}  {'plugin':{widths[2]}}  description")
     for kind, name, plugin, desc in rows:
@@ -144,21 +168,32 @@ cli.add_command(study_command)
 cli.add_command(compare_command)
 
 
-def _add_plugin_commands() -> None:
-    try:
-        loaded = _load()
-    except SeqclError as exc:
-        click.echo(f"warning: {exc}", err=True)
-        return
-    loaded.manager.hook.register_commands(cli=cli)
+def _add_plugin_commands(plugin_modules: tuple[str, ...] = ()) -> None:
+    """Call every plugin's ``register_commands``; one that raises loses its commands and its components."""
+    from seqcl.plugins import one_line
+
+    loaded = _load(plugin_modules)
+    for impl in loaded.manager.hook.register_commands.get_hookimpls():
+        name = loaded.manager.get_name(impl.plugin)
+        before = dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            cli.commands.clear()
+            cli.commands.update(before)
+            if loaded.sources.get(name) == "--plugin module":  # asked for explicitly: fail loudly
+                raise PluginError(f"plugin {name}: register_commands: {one_line(exc)}") from None
+            problem = loaded.skip(name, f"register_commands: {one_line(exc)}")
+            click.echo(f"warning: plugin {problem} (skipped)", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _LOADED.clear()
     try:
-        _add_plugin_commands()
+        _add_plugin_commands(_plugin_modules(argv))
         result = cli.main(args=argv, prog_name="seqcl", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except SeqclError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ import yaml
 
 from seqcl.data.options import DataOptions
 from seqcl.errors import ConfigError
-from seqcl.registry import Registry
+from seqcl.registry import AugmenterInfo, Registry, declared_pairs
+
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 
 @dataclass
@@ -58,6 +61,7 @@ class TrainOptions:
             raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
         if self.threads < 0:
             raise ConfigError(f"train.threads must be >= 0, got {self.threads}")
+        check_device(self.device)
 
 
 @dataclass
@@ -106,6 +110,56 @@ CORE_SECTIONS: dict[str, type] = {
 }
 SELECTION_KEYS = ("dataset", "encoder", "augmenter")
 DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none"}
+
+
+def check_device(device: str) -> None:
+    """``train.device`` names a device this machine has; checked at resolve time so ``--dry-run`` sees it."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"train.device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if device == "cpu":
+        return  # no torch import for the common case
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {device!r} but CUDA is not available")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"train.device is {device!r} but only {count} CUDA device(s) are visible")
+    elif not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device is {device!r} but MPS is not available")
+
+
+def check_dataset(source: str) -> None:
+    """The dataset is ``builtin[:seed]`` or an existing file; checked at resolve time for ``--dry-run``."""
+    from seqcl.data.loading import is_builtin
+
+    if is_builtin(source):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"dataset {source!r} not found")
+    if not path.is_file():
+        raise ConfigError(f"dataset {source!r} is not a file")
+
+
+def check_terms(registry: Registry, resolved: "Resolved") -> None:
+    """Each active loss term's ``check(options, augmenter)`` against what the augmenter declares.
+
+    A term factory may define ``check`` (raising :class:`ConfigError`); it runs
+    only when the augmenter declares its pairs before being built (see
+    :func:`seqcl.registry.declared_pairs`), otherwise the term's own build-time
+    check is the one that reports.
+    """
+    augmenter = registry.get("augmenter", resolved.augmenter)
+    pairs = declared_pairs(augmenter.factory, resolved.augmenter_options)
+    if pairs is None:
+        return
+    info = AugmenterInfo(augmenter.name, pairs)
+    for name in resolved.terms:
+        check = getattr(registry.get("loss_term", name).factory, "check", None)
+        if callable(check):
+            check(resolved.term_options[name], info)
 
 
 def _positive(obj: Any, section: str, *names: str) -> None:
@@ -286,6 +340,9 @@ def resolve(
     Order: component defaults (the augmenter's term defaults included) → file →
     overrides. Selection keys (``dataset``, ``encoder``, ``augmenter``, ``with``,
     ``without``) are read first, because they decide which sections exist.
+    Everything knowable without data is checked here, so ``--dry-run`` fails
+    like a real run would: values, ``train.device``, the dataset's existence and
+    each loss term against the augmenter (:func:`check_terms`).
     """
     file_config = copy.deepcopy(file_config or {})
     overrides = list(overrides or [])
@@ -376,6 +433,8 @@ def resolve(
         tree[encoder.name] = dataclasses.asdict(resolved.encoder_options)
     if resolved.augmenter_options is not None:
         tree[augmenter.name] = dataclasses.asdict(resolved.augmenter_options)
+    check_terms(registry, resolved)
+    check_dataset(resolved.dataset)
     return resolved
 
 

@@ -8,6 +8,11 @@ Registration hooks follow simonw/llm's shape: the core passes a ``register``
 callback, so it knows which plugin registered which name, can list it, and can
 report a duplicate with both owners. Hooks are called once, at start-up, for
 discovery only; a run then builds just the components it selected.
+
+A plugin's registrations are staged and committed only if all its hooks
+succeed: an installed plugin whose hook raises, or that registers a name
+another plugin already owns, is reported in one line and skipped entirely
+(``seqcl plugins`` lists it as ``broken``); a ``--plugin`` module fails loudly.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def register_augmenters(register: Register) -> None:
     Called once per plugin at start-up. ``factory(options, context)`` must
     return a :class:`seqcl.interfaces.Augmenter`. Every implementation is
     called; names must be unique across all plugins.
+
+    Declare the view pairs before building, so loss terms are checked when the
+    config is resolved (``--dry-run``) rather than when training starts: a
+    ``pairs`` class attribute, or a class method ``pairs_for(options)`` when they
+    depend on the options (see :func:`seqcl.registry.declared_pairs`).
     """
 
 
@@ -53,6 +63,12 @@ def register_loss_terms(register: Register) -> None:
     return a :class:`seqcl.interfaces.LossTerm`; ``options`` must be a dataclass
     with a float field ``weight``. Every implementation is called; names must be
     unique across all plugins.
+
+    A term that cannot work with every augmenter gives its factory a
+    ``check(options, augmenter)`` (static or class method) raising
+    :class:`seqcl.errors.ConfigError`; ``augmenter`` is a
+    :class:`seqcl.registry.AugmenterInfo` (``name``, declared ``pairs``). The core
+    calls it when the config is resolved, if the augmenter declares its pairs.
     """
 
 
@@ -60,5 +76,6 @@ def register_loss_terms(register: Register) -> None:
 def register_commands(cli: Any) -> None:
     """Add subcommands to the ``seqcl`` click group ``cli``.
 
-    Called once per plugin when the CLI starts. Every implementation is called.
+    Called once per plugin when the CLI starts. Every implementation is called;
+    one that raises loses the commands it added (and its plugin is skipped).
     """

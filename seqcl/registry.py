@@ -1,7 +1,9 @@
 """Name → factory registry for encoders, augmenters and loss terms (timm-style).
 
-Filled once by the plugin manager from the ``register_*`` hooks; a run looks up
-the components it selected by name and builds them with their options.
+Filled once by the plugin manager from the ``register_*`` hooks, one plugin at a
+time and all or nothing (:meth:`Registry.add_all`), so a plugin that fails half
+way leaves no trace; a run looks up the components it selected by name and
+builds them with their options.
 """
 
 from __future__ import annotations
@@ -34,6 +36,43 @@ class Component:
         return dataclasses.asdict(self.options())
 
 
+@dataclass(frozen=True)
+class AugmenterInfo:
+    """What a loss term's ``check(options, augmenter)`` sees of the selected augmenter.
+
+    Resolve time knows the augmenter's name and options but has built nothing, so
+    a term that cannot work with it (``align`` needs two view pairs) is reported
+    by ``--dry-run`` instead of once training starts.
+    """
+
+    name: str
+    pairs: list[tuple[str, str]]
+
+
+def declared_pairs(factory: Callable[..., Any], options: Any) -> list[tuple[str, str]] | None:
+    """The view pairs an augmenter factory declares before it is built; None if it declares none.
+
+    A class method ``pairs_for(options)`` wins (pairs that depend on options);
+    otherwise a ``pairs`` class attribute of the factory class itself or of a
+    base class below :class:`seqcl.interfaces.Augmenter`. The base class's empty
+    default is no declaration: an augmenter may still set ``pairs`` in ``__init__``.
+    """
+    pairs_for = getattr(factory, "pairs_for", None)
+    if callable(pairs_for):
+        return [(a, b) for a, b in pairs_for(options)]
+    if not isinstance(factory, type):
+        return None
+    from seqcl.interfaces import Augmenter  # torch: loaded by then (every augmenter needs it)
+
+    for klass in factory.__mro__:
+        if klass is Augmenter:
+            return None
+        pairs = vars(klass).get("pairs")
+        if isinstance(pairs, (list, tuple)):
+            return [(a, b) for a, b in pairs]
+    return None
+
+
 class Registry:
     """All components of all loaded plugins, by kind and name."""
 
@@ -49,13 +88,17 @@ class Registry:
         description: str,
         options: type | None = None,
     ) -> None:
-        """Register ``name``; a name already taken is an error naming both plugins."""
+        """Register ``name``; a name already taken is an error naming both plugins.
+
+        Messages do not repeat the registering plugin's name (the caller prefixes
+        it), except for a duplicate, which names both owners.
+        """
         if kind not in self._items:
-            raise PluginError(f"plugin {plugin}: unknown component kind {kind!r}")
+            raise PluginError(f"unknown component kind {kind!r}")
         if not isinstance(name, str) or not name.isidentifier():
-            raise PluginError(f"plugin {plugin}: {kind} name must be an identifier, got {name!r}")
+            raise PluginError(f"{kind} name must be an identifier, got {name!r}")
         if options is not None and not dataclasses.is_dataclass(options):
-            raise PluginError(f"plugin {plugin}: options of {kind} {name!r} must be a dataclass")
+            raise PluginError(f"options of {kind} {name!r} must be a dataclass")
         existing = self._items[kind].get(name)
         if existing is not None:
             raise PluginError(
@@ -63,6 +106,20 @@ class Registry:
                 f"and by plugin {plugin}"
             )
         self._items[kind][name] = Component(kind, name, factory, description, options, plugin)
+
+    def add_all(self, plugin: str, items: list[tuple[Any, ...]]) -> None:
+        """Register ``(kind, name, factory, description, options)`` items of one plugin: all or none."""
+        trial = Registry()
+        trial._items = {kind: dict(components) for kind, components in self._items.items()}
+        for kind, *rest in items:
+            trial.add(kind, plugin, *rest)
+        self._items = trial._items
+
+    def drop(self, plugin: str) -> None:
+        """Forget every component of ``plugin`` (a plugin skipped after registering)."""
+        for components in self._items.values():
+            for name in [n for n, c in components.items() if c.plugin == plugin]:
+                del components[name]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._items[kind])

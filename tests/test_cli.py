@@ -110,3 +110,18 @@ def test_plugin_option_loads_module(capsys, tmp_path, monkeypatch):
     assert code == 0 and "quick" in out and "quick_aug_mod" in out
     code, out, err = run(capsys, "plugins", "--plugin", "not_a_module_xyz")
     assert code == 2 and "not_a_module_xyz" in err
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--device", "gpu"], "error: train.device must be cpu, cuda, cuda:N or mps, got 'gpu'"),
+        (["--augmenter", "crop", "--with", "align"],
+         "error: loss term align needs exactly 2 view pairs (anchor, restored), (perturbed, perturbed'); "
+         "augmenter 'crop' provides 1: (v1, v2)"),
+        (["--dataset", "/nonexistent/file.txt"], "error: dataset '/nonexistent/file.txt' not found"),
+    ],
+)
+def test_dry_run_catches_what_training_would(capsys, args, line):
+    code, out, err = run(capsys, "train", *args, "--dry-run")
+    assert (code, out, err.strip()) == (2, "", line)

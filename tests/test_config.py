@@ -101,3 +101,98 @@ def test_unknown_component(registry):
 
     with pytest.raises(PluginError, match="unknown augmenter 'nope'.*available: .*aclsrec"):
         resolve(registry, overrides=[("augmenter", "nope")])
+
+
+# ------------------------------------------- issue #9: what --dry-run must already catch
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "cpu:0", "tpu"])
+def test_device_name_checked_at_resolve(registry, device):
+    with pytest.raises(ConfigError, match=f"train.device must be cpu, cuda, cuda:N or mps, got '{device}'"):
+        resolve(registry, overrides=[("train.device", device)])
+
+
+def test_device_availability_checked_at_resolve(registry, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device is 'cuda:0' but CUDA is not available"):
+        resolve(registry, overrides=[("train.device", "cuda:0")])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve(registry, overrides=[("train.device", "cuda")]).train.device == "cuda"
+    with pytest.raises(ConfigError, match="train.device is 'cuda:1' but only 1 CUDA device"):
+        resolve(registry, overrides=[("train.device", "cuda:1")])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device is 'mps' but MPS is not available"):
+        resolve(registry, overrides=[("train.device", "mps")])
+
+
+@pytest.mark.parametrize(
+    "overrides, with_terms, message",
+    [
+        ([("augmenter", "crop")], ["align"],
+         "loss term align needs exactly 2 view pairs .*augmenter 'crop' provides 1: \\(v1, v2\\)"),
+        ([("augmenter", "dropout"), ("dropout.mode", "supervised")], ["align"],
+         "augmenter 'dropout' provides 1: \\(h, h_sem\\)"),
+        ([("augmenter", "none")], ["cl"], "loss term cl needs at least one view pair; augmenter 'none' provides none"),
+        ([("augmenter", "none")], ["boundary"], "loss term boundary needs at least one view pair"),
+    ],
+)
+def test_term_rejects_augmenter_at_resolve(registry, overrides, with_terms, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(registry, overrides=overrides, with_terms=with_terms)
+
+
+@pytest.mark.parametrize("augmenter", ["crop", "dropout", "aclsrec"])
+def test_compatible_terms_pass_the_check(registry, augmenter):
+    assert "boundary" in resolve(registry, overrides=[("augmenter", augmenter)], with_terms=["boundary"]).terms
+
+
+def test_term_check_is_generic_contract():
+    """Any term factory's ``check(options, augmenter)`` sees the declared pairs; undeclared ones skip it."""
+    from dataclasses import dataclass
+
+    from seqcl.interfaces import Augmenter
+    from seqcl.registry import Registry
+
+    seen = []
+
+    @dataclass
+    class Opts:
+        weight: float = 1.0
+
+    class Picky:
+        @staticmethod
+        def check(options, augmenter):
+            seen.append((augmenter.name, augmenter.pairs, options.weight))
+            if len(augmenter.pairs) != 3:
+                raise ConfigError(f"picky wants 3 pairs, {augmenter.name} has {len(augmenter.pairs)}")
+
+    class Declared(Augmenter):
+        default_terms = {"picky": {"weight": 0.5}}
+        pairs = [("a", "b")]
+
+    class Undeclared(Augmenter):  # sets its pairs in __init__ only: nothing to check before building
+        default_terms = {"picky": {}}
+
+    reg = Registry()
+    reg.add("encoder", "p", "sasrec", object, "", options=None)
+    reg.add("augmenter", "p", "declared", Declared, "")
+    reg.add("augmenter", "p", "undeclared", Undeclared, "")
+    reg.add("loss_term", "p", "picky", Picky, "", options=Opts)
+    with pytest.raises(ConfigError, match="picky wants 3 pairs, declared has 1"):
+        resolve(reg, overrides=[("augmenter", "declared")])
+    assert seen == [("declared", [("a", "b")], 0.5)]
+    resolve(reg, overrides=[("augmenter", "undeclared")])
+    assert len(seen) == 1
+
+
+def test_dataset_checked_at_resolve(registry, tmp_path):
+    with pytest.raises(ConfigError, match=f"dataset '{tmp_path}/missing.txt' not found"):
+        resolve(registry, overrides=[("dataset", f"{tmp_path}/missing.txt")])
+    with pytest.raises(ConfigError, match="is not a file"):
+        resolve(registry, overrides=[("dataset", str(tmp_path))])
+    (tmp_path / "seq.txt").write_text("1 2 3 4 5\n")
+    assert resolve(registry, overrides=[("dataset", str(tmp_path / "seq.txt"))]).dataset.endswith("seq.txt")
+    assert resolve(registry, overrides=[("dataset", "builtin:7")]).dataset == "builtin:7"

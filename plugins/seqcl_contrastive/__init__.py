@@ -18,6 +18,7 @@ from seqcl import losses
 from seqcl.errors import ConfigError
 from seqcl.hookspecs import hookimpl
 from seqcl.interfaces import Batch, BuildContext, Views
+from seqcl.registry import AugmenterInfo
 
 
 def _check_weight(name: str, weight: float) -> None:
@@ -25,16 +26,31 @@ def _check_weight(name: str, weight: float) -> None:
         raise ConfigError(f"loss.{name}.weight must be >= 0, got {weight}")
 
 
-def _require_pairs(term: str, ctx: BuildContext, exactly: int | None = None) -> None:
-    pairs = ctx.view_pairs
+def _require_pairs(term: str, augmenter: str, pairs: list[tuple[str, str]], exactly: int | None = None) -> None:
     shown = ", ".join(f"({a}, {b})" for a, b in pairs) or "no view pairs"
     if exactly is None and not pairs:
-        raise ConfigError(f"loss term {term} needs at least one view pair; augmenter {ctx.augmenter!r} provides none")
+        raise ConfigError(f"loss term {term} needs at least one view pair; augmenter {augmenter!r} provides none")
     if exactly is not None and len(pairs) != exactly:
         raise ConfigError(
             f"loss term {term} needs exactly {exactly} view pairs (anchor, restored), (perturbed, perturbed'); "
-            f"augmenter {ctx.augmenter!r} provides {len(pairs)}: {shown}"
+            f"augmenter {augmenter!r} provides {len(pairs)}: {shown}"
         )
+
+
+class _PairTerm:
+    """The pair requirement, checked twice: at resolve time against the augmenter's declared
+    pairs (``check``, so ``--dry-run`` reports it) and at build time against its actual ones."""
+
+    term: str = ""
+    exactly: int | None = None
+
+    @classmethod
+    def check(cls, options: object, augmenter: AugmenterInfo) -> None:
+        _require_pairs(cls.term, augmenter.name, augmenter.pairs, cls.exactly)
+
+    @classmethod
+    def _check_built(cls, ctx: BuildContext) -> None:
+        _require_pairs(cls.term, ctx.augmenter, ctx.view_pairs, cls.exactly)
 
 
 def _zero_like(views: Views) -> Tensor:
@@ -53,13 +69,14 @@ class ContrastiveOptions:
         _check_weight("cl", self.weight)
 
 
-class ContrastiveTerm:
+class ContrastiveTerm(_PairTerm):
     """L_cl = Σ_pairs contrastive(a, b): for ACLSRec L_or + L_pp (SPEC §5)."""
 
     needs_negatives = True
+    term = "cl"
 
     def __init__(self, options: ContrastiveOptions, ctx: BuildContext) -> None:
-        _require_pairs("cl", ctx)
+        self._check_built(ctx)
         self.options, self.tau = options, ctx.tau
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
@@ -78,13 +95,14 @@ class AlignOptions:
         _check_weight("align", self.weight)
 
 
-class AlignTerm:
+class AlignTerm(_PairTerm):
     """L_align (SPEC §6): the two pairs' cosine distances should match."""
 
     needs_negatives = False
+    term, exactly = "align", 2
 
     def __init__(self, options: AlignOptions, ctx: BuildContext) -> None:
-        _require_pairs("align", ctx, exactly=2)
+        self._check_built(ctx)
         self.tau = ctx.tau
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
@@ -105,13 +123,14 @@ class BoundaryOptions:
         _check_weight("boundary", self.weight)
 
 
-class BoundaryTerm:
+class BoundaryTerm(_PairTerm):
     """R = R(o, pr) + R(p, op) for ACLSRec (a sum: a mean would halve γ's effect)."""
 
     needs_negatives = True
+    term = "boundary"
 
     def __init__(self, options: BoundaryOptions, ctx: BuildContext) -> None:
-        _require_pairs("boundary", ctx)
+        self._check_built(ctx)
         self.options = options
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:

@@ -59,11 +59,16 @@ class DuoRecAugmenter(OwnsGenerators, Augmenter):
     default_terms = {"cl": {"weight": 0.1}}  # dot product is the cl term's default
     default_tau = 1.0
 
+    @classmethod
+    def pairs_for(cls, options: DuoRecOptions | None) -> list[tuple[str, str]]:
+        """The pair of ``options.mode``, known before building (loss terms are checked against it)."""
+        return list(PAIRS[(options or DuoRecOptions()).mode])
+
     def __init__(self, options: DuoRecOptions | None, ctx: BuildContext) -> None:
         super().__init__()
         options = options or DuoRecOptions()
         self.mode = options.mode
-        self.pairs = list(PAIRS[self.mode])
+        self.pairs = self.pairs_for(options)
         self.needed = {name for pair in self.pairs for name in pair}
         self.max_len = ctx.max_len
         self.generators = DeviceGenerators(int(ctx.seed) + SEED_OFFSET)

@@ -12,6 +12,7 @@ class NoAugmentation(Augmenter):
     """No views, no auxiliary terms: the model trains on the main loss alone."""
 
     default_terms = {}
+    pairs = []  # declared, so a term that needs pairs is rejected when the config is resolved
 
     def __init__(self, options: None = None, context: object = None) -> None:
         super().__init__()

@@ -5,24 +5,24 @@ in sample order within a group); a draw is a few gathers, no Python loop. The
 index is cached next to the data cache as ``duorec-<data_key>.pt`` — the key
 covers the data file's content and every preprocessing setting, so the training
 samples (and hence the index) are the same whenever the key is. A loaded file is
-checked against the current targets in full (O(S)); anything that does not
-match is rebuilt.
+checked against its stored checksum (an entry edited after writing) and against
+the current targets in full (O(S)); anything that does not match is rebuilt,
+with one warning line. Like the data cache, it never costs the run.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from seqcl.data.cache import atomic_save
+from seqcl.data.cache import ChecksumMismatch, atomic_save, tensor_digest, verify_digest
+from seqcl.data.notice import load_error, one_line, warn_once
 
-log = logging.getLogger("seqcl.duorec")
-
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: tensor checksum
+_CHECKED = ("order", "counts", "position")
 
 
 @dataclass
@@ -111,20 +111,25 @@ def load_index(path: Path, targets: Tensor, num_items: int) -> SameTargetIndex |
             raise ValueError("not a duorec index of this version")
         index = SameTargetIndex(blob["order"], blob["counts"], blob["position"])
         check_index(index, targets, num_items)
+        verify_digest(blob, _CHECKED)
         return index
     except Exception as exc:  # noqa: BLE001 - any unusable entry is a cache miss
-        log.warning("ignoring unusable DuoRec index %s (%s); rebuilding", path, exc)
+        mismatch = isinstance(exc, ChecksumMismatch)
+        what = "does not match its checksum" if mismatch else f"is unusable ({load_error(exc)})"
+        warn_once(f"DuoRec index {path} {what}; rebuilding it", key=f"duorec-load:{path}")
         return None
 
 
 def save_index(path: Path, index: SameTargetIndex) -> bool:
-    """Write atomically (temporary file + ``os.replace``); a cache that cannot be written costs a warning."""
+    """Write atomically (temporary file + ``os.replace``); a cache that cannot be written
+    (any error: a full disk makes ``torch.save`` raise RuntimeError) costs one warning."""
+    fields = {"order": index.order, "counts": index.counts, "position": index.position}
     try:
-        atomic_save({"version": INDEX_VERSION, "order": index.order, "counts": index.counts,
-                     "position": index.position}, path)
+        atomic_save({"version": INDEX_VERSION, **fields, "checksum": tensor_digest(fields)}, path)
         return True
-    except OSError as exc:
-        log.warning("could not write DuoRec index %s (%s); continuing without it", path, exc)
+    except Exception as exc:  # noqa: BLE001 - the index cache must never kill a run; Ctrl-C propagates
+        warn_once(f"could not write DuoRec index {path} ({one_line(exc)}); continuing without it",
+                  key=f"duorec-save:{path.parent}")
         return False
 
 

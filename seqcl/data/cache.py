@@ -7,15 +7,17 @@ Components reuse the key (``BuildContext.data_key``) for their own caches,
 which is why ``max_len`` is in it although preprocessing ignores it.
 
 Writes are atomic (temporary file + ``os.replace``): a killed run leaves either
-no entry or a whole one. An unreadable entry is ignored and rebuilt; a cache
-that cannot be written costs a warning, never the run.
+no entry or a whole one. Each entry stores a sha256 of its tensors, checked on
+load, so an entry edited in place (a changed item id in a still-valid archive)
+is rebuilt rather than trained on. An unreadable or mismatching entry is
+rebuilt; a cache that cannot be written (disk full, read-only) costs one
+warning line on stderr, never the run: the cache is only an optimisation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,12 +26,11 @@ from typing import Any
 import torch
 
 from seqcl.data.dataset import SequenceData
+from seqcl.data.notice import load_error, one_line, warn_once
 from seqcl.data.options import DataOptions
 
-log = logging.getLogger("seqcl.data")
-
-# Bump whenever preprocessing or the stored layout changes.
-FORMAT_VERSION = 1
+# Bump whenever preprocessing or the stored layout changes (2: tensor checksum).
+FORMAT_VERSION = 2
 _HASH_CHUNK = 1 << 20
 
 
@@ -58,6 +59,33 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"{key}.pt"
 
 
+class ChecksumMismatch(ValueError):
+    """A cache entry whose tensors are not the ones it was written with."""
+
+
+def tensor_digest(fields: dict[str, Any]) -> str:
+    """sha256 over named tensors (dtype, shape and bytes) and plain values, independent of order.
+
+    Stored in a cache entry so that an entry altered after writing is caught on load.
+    """
+    h = hashlib.sha256()
+    for name in sorted(fields):
+        value = fields[name]
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.numpy())
+        else:
+            h.update(f"{name}={value!r}\n".encode())
+    return h.hexdigest()
+
+
+def verify_digest(blob: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Raise :class:`ChecksumMismatch` unless ``blob["checksum"]`` is the digest of ``blob``'s ``names``."""
+    if blob.get("checksum") != tensor_digest({n: blob[n] for n in names}):
+        raise ChecksumMismatch("contents do not match the stored checksum (changed after writing)")
+
+
 def load_cached(cache_dir: str | Path, key: str) -> SequenceData | None:
     """The cached data for ``key``, or None if absent or unusable (then it is rebuilt)."""
     path = cache_path(cache_dir, key)
@@ -67,7 +95,8 @@ def load_cached(cache_dir: str | Path, key: str) -> SequenceData | None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return _unpack(blob)
     except Exception as e:  # noqa: BLE001 - any unreadable entry is just a cache miss
-        log.warning("ignoring unreadable cache file %s (%s); rebuilding", path, e)
+        what = "does not match its checksum" if isinstance(e, ChecksumMismatch) else f"is unreadable ({load_error(e)})"
+        warn_once(f"data cache {path} {what}; rebuilding it", key=f"cache-load:{path}")
         return None
 
 
@@ -75,21 +104,25 @@ def save_cached(cache_dir: str | Path, key: str, data: SequenceData) -> Path | N
     """Write atomically; return the path, or None (with a warning) if the cache is not writable.
 
     Whatever happens — an error, Ctrl-C — the temporary file never outlives
-    this call and the final name only ever points at a complete file.
+    this call and the final name only ever points at a complete file. Any
+    error (``torch.save`` raises RuntimeError on a full disk, not OSError) is
+    one warning per cache directory: the cache must never kill a run.
     """
     path = cache_path(cache_dir, key)
     try:
         atomic_save(_pack(data), path)
         return path
-    except OSError as e:
-        log.warning("could not write data cache %s (%s); continuing without it", path, e)
+    except Exception as e:  # noqa: BLE001 - see above; Ctrl-C still propagates
+        warn_once(f"could not write data cache {path} ({one_line(e)}); continuing without it",
+                  key=f"cache-save:{Path(cache_dir)}")
         return None
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then ``os.replace``.
 
-    A killed process never leaves a half-written cache file; raises OSError.
+    A killed process never leaves a half-written cache file; raises what
+    ``torch.save`` or the file system raise (OSError, RuntimeError).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -104,14 +137,19 @@ def atomic_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_CHECKED = ("items", "offsets", "num_items")
+
+
 def _pack(data: SequenceData) -> dict[str, Any]:
-    return {
+    blob: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "items": data.items.contiguous(),
         "offsets": data.offsets.contiguous(),
         "num_items": int(data.num_items),
         "name": data.name,
     }
+    blob["checksum"] = tensor_digest({n: blob[n] for n in _CHECKED})
+    return blob
 
 
 def _unpack(blob: Any) -> SequenceData:
@@ -123,6 +161,7 @@ def _unpack(blob: Any) -> SequenceData:
         raise ValueError("wrong field types")
     if items.dtype != torch.long or offsets.dtype != torch.long or items.dim() != 1 or offsets.dim() != 1:
         raise ValueError("wrong tensor dtype or shape")
+    verify_digest(blob, _CHECKED)
     if offsets.numel() < 2 or int(offsets[0]) != 0 or int(offsets[-1]) != items.numel():
         raise ValueError("offsets do not span items")
     if bool((offsets[1:] < offsets[:-1]).any()):

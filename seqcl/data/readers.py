@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from seqcl.data.notice import warn_once
 from seqcl.errors import DataError
 
 T = TypeVar("T")
@@ -345,6 +346,10 @@ def _table(
     user_codes, user_tokens = _token_column(cols[user_col], "user", src, line_no)
     item_codes, item_tokens = _token_column(cols[item_col], "item", src, line_no)
     if time_col is None:
+        # Not an error (some exports are already in order), but the order is then
+        # the file's, which the user should know rather than assume was sorted.
+        warn_once(f"{src}: no timestamp column; each user's interactions are taken in file order",
+                  key=f"no-timestamp:{src}")
         times = np.zeros(line_no.size, dtype=np.float64)
     else:
         times = _time_column(cols[time_col], src, line_no)

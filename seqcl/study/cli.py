@@ -116,10 +116,25 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
         paths = write_report(report)
         click.echo(markdown(report), nl=False)
         _echo_err("report: " + ", ".join(str(p) for p in paths))
-    if progress is not None and progress.running:
-        _echo_err(f"  ({progress.running} run(s) still running in other processes; their results join the "
-                  f"report when `seqcl study report {plan.study_dir}` runs after them)")
-    ctx.exit(1 if outcome.failed or progress is None or progress.left else 0)
+    if progress is not None and progress.done < progress.total:
+        _echo_err("  " + _not_done(progress.total - progress.done, progress.total, outcome))
+    ctx.exit(1 if outcome.failed or progress is None or progress.done < progress.total else 0)
+
+
+def _not_done(missing: int, total: int, outcome: Any) -> str:
+    """One line: how many runs are not done and why, so a non-zero exit is never a mystery."""
+    parts = []
+    if outcome.failed:
+        parts.append(f"{len(outcome.failed)} failed")
+    if outcome.running:
+        more = f" (+{len(outcome.running) - 3} more)" if len(outcome.running) > 3 else ""
+        shown = ", ".join(outcome.running[:3]) + more
+        parts.append(f"{len(outcome.running)} still marked running: {shown}")
+    rest = missing - len(outcome.failed) - len(outcome.running)
+    if rest > 0:
+        parts.append(f"{rest} not started")
+    return (f"not done: {missing} of {total} runs ({'; '.join(parts) or 'unknown'}); rerun the same command to "
+            "finish them (a run whose worker died is retried once its heartbeat has stopped)")
 
 
 @study.command("report")

@@ -9,14 +9,12 @@ a meaningless p-value. The statistics are those of the study report
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from seqcl.errors import ConfigError
+from seqcl.study.files import load_ranks, read_json_dict, read_yaml
 from seqcl.study.stats import Comparison, compare_users, ks_of, metric_names, per_user_metrics
 
 
@@ -32,26 +30,25 @@ class RunInfo:
 
 
 def load_run(path: str | Path) -> RunInfo:
+    """A finished run's summary and config; a one-line error naming a missing or truncated file."""
     p = Path(path)
     for name in ("summary.json", "ranks.pt", "config.yaml"):
         if not (p / name).is_file():
             raise ConfigError(f"{p}: not a finished run directory (no {name})")
-    return RunInfo(p, json.loads((p / "summary.json").read_text()), yaml.safe_load((p / "config.yaml").read_text()))
+    return RunInfo(p, read_json_dict(p / "summary.json", ("valid", "test")), read_yaml(p / "config.yaml"))
 
 
 def compare_runs(a: str | Path, b: str | Path, *, split: str = "test", test: str = "ttest", n_boot: int = 2000,
                  seed: int = 0) -> tuple[RunInfo, RunInfo, dict[str, Comparison]]:
     """Compare run B against run A on every metric of the split."""
-    import torch
-
     ra, rb = load_run(a), load_run(b)
     data_a = (ra.config.get("dataset"), {k: v for k, v in ra.config.get("data", {}).items() if k != "cache_dir"})
     data_b = (rb.config.get("dataset"), {k: v for k, v in rb.config.get("data", {}).items() if k != "cache_dir"})
     if data_a != data_b:
         raise ConfigError(f"{ra.path} and {rb.path} were trained on different data ({data_a[0]} vs {data_b[0]}, "
                           "or other data.* settings): users cannot be paired")
-    ranks_a = torch.load(ra.path / "ranks.pt")[split].numpy()
-    ranks_b = torch.load(rb.path / "ranks.pt")[split].numpy()
+    ranks_a = load_ranks(ra.path / "ranks.pt", split)
+    ranks_b = load_ranks(rb.path / "ranks.pt", split)
     if len(ranks_a) != len(ranks_b):
         raise ConfigError(f"{ra.path} ranks {len(ranks_a)} users, {rb.path} {len(ranks_b)}: users cannot be paired")
     ks = ks_of(list(ra.summary[split]))

@@ -18,8 +18,10 @@ on PostgreSQL, ``GET_LOCK`` on MySQL — so two machines starting the same study
 at the same moment cannot enqueue a run twice either.
 
 Resuming: a run whose trial is COMPLETE is never enqueued again; a FAIL trial
-(an exception, Ctrl-C, a worker that died, or a heartbeat that stopped — a
-killed machine) is enqueued again by the next ``seqcl study`` call. Each trial
+(an exception, Ctrl-C) is enqueued again by the next ``seqcl study`` call. A
+run whose worker died — a dead process, or a heartbeat that stopped (a killed
+machine) — is failed, marked ``died`` and enqueued again within the same call
+(:meth:`Ledger.requeue_dead`, at most :data:`MAX_DEATHS` times). Each trial
 stores a hash of its resolved config; a study file changed under a finished
 run is an error naming the keys that differ, not a silent mix.
 """
@@ -30,7 +32,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -39,11 +43,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from seqcl.errors import ConfigError
 from seqcl.study.plan import Cell, config_diff
 
 DEFAULT_HEARTBEAT_S = 30
+MAX_DEATHS = 3  # a run whose worker died this often is not retried again within one invocation
 
 
 def _optuna():
@@ -58,14 +64,66 @@ def default_url(study_dir: Path) -> str:
     return f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
 
 
-def redact(url: str) -> str:
-    """The URL with its password hidden (for logs and study.json)."""
-    try:
-        from sqlalchemy.engine import make_url
+# Query parameters whose values are credentials: password, passwd, pwd, sslpassword,
+# secret, token, access_token, api_key, sslkey, auth… (matched anywhere in the name).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+# ``scheme://user:password@``: to the last "@" before the query (a password with an
+# unescaped "@" or "/" is still hidden whole), else to the first "@" (SQLAlchemy's rule).
+_USERINFO = (re.compile(r"^(?P<head>[^:/?#]+://[^:/@?#]*):[^?#]*@"),
+             re.compile(r"^(?P<head>[^:/?#]+://[^:/@?#]*):[^@]*@"))
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+
+def redact(url: str) -> str:
+    """The URL with every credential hidden (for logs, errors and study.json).
+
+    Both the ``user:password@`` form and credentials given as query parameters
+    (``?password=…``, ``passwd``, ``pwd``, ``secret``, ``token``, ``sslkey``…)
+    become ``***``; done on the text, so it works for URLs SQLAlchemy cannot parse.
+    """
+    for pattern in _USERINFO:
+        hidden, n = pattern.subn(r"\g<head>:***@", url, count=1)
+        if n:
+            url = hidden
+            break
+    start = url.find("?", url.rfind("***@") + 1 if "***@" in url else 0)
+    if start < 0:
+        return url
+    query, hash_, fragment = url[start + 1:].partition("#")
+    parts = re.split(r"([&;])", query)
+    for i in range(0, len(parts), 2):
+        key, eq, _ = parts[i].partition("=")
+        if eq and _SECRET_PARAM.search(unquote_plus(key)):
+            parts[i] = f"{key}=***"
+    return url[:start + 1] + "".join(parts) + hash_ + ("***" if fragment else "")
+
+
+def secrets_of(url: str) -> list[str]:
+    """The credential values in ``url`` (as written and decoded), longest first, for :func:`scrub`."""
+    found: list[str] = []
+    for pattern in _USERINFO:
+        m = pattern.match(url)
+        if m:
+            found.append(m.group(0)[len(m.group("head")) + 1:-1])
+            break
+    query = url.partition("?")[2].partition("#")[0]
+    for part in re.split(r"[&;]", query):
+        key, eq, value = part.partition("=")
+        if eq and value and _SECRET_PARAM.search(unquote_plus(key)):
+            found.append(value)
+    found += [unquote_plus(v) for v in found]
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message that may quote the URL or a password) with the credentials hidden.
+
+    Values under 3 characters are left alone: replacing them everywhere would garble the message.
+    """
+    text = text.replace(url, redact(url))
+    for secret in secrets_of(url):
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def worker_id() -> str:
@@ -128,7 +186,7 @@ def open_storage(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S, attempts: int
     is opened under its lock and any database is retried a few times.
     """
     optuna = _optuna()
-    url = normalize_url(url)
+    given, url = url, normalize_url(url)
     engine_kwargs: dict[str, Any] = {}
     db = _sqlite_path(url)
     if url.startswith("sqlite"):
@@ -144,7 +202,7 @@ def open_storage(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S, attempts: int
                                            or "duplicate" in first.lower() or "already exists" in first):
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise ConfigError(f"--storage {redact(url)}: cannot open: {first}") from None
+            raise ConfigError(f"--storage {redact(given)}: cannot open: {scrub(scrub(first, given), url)}") from None
     raise AssertionError("unreachable")
 
 
@@ -255,7 +313,9 @@ class Ledger:
             self.study = optuna.create_study(storage=self.storage, study_name=study_name, sampler=sampler,
                                              direction="maximize", load_if_exists=True)
         except Exception as exc:
-            raise ConfigError(f"--storage {redact(url)}: cannot open study {study_name!r}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--storage {redact(url)}: cannot open study {study_name!r}: "
+                              f"{scrub(first, url)}") from None
         self.study_id = self.study._study_id
 
     # ----------------------------------------------------------- helpers
@@ -266,10 +326,15 @@ class Ledger:
     def trials(self, states: tuple[Any, ...] | None = None) -> list[Any]:
         return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
 
-    def fail_stale(self) -> None:
-        """Mark RUNNING trials whose heartbeat stopped as FAIL (a killed worker or machine)."""
-        with _quiet():
-            _optuna().storages.fail_stale_trials(self.study)
+    def fail_stale(self) -> int:
+        """Mark RUNNING trials whose heartbeat stopped as FAIL (a killed worker or machine); returns how many.
+
+        They are marked ``died`` so that :meth:`requeue_dead` retries them in this
+        very invocation (a run that raised is retried by the next one only).
+        """
+        grace = self.storage.grace_period or 2 * self.heartbeat_s
+        return sum(self._fail_dead(trial_id, f"worker stopped: no heartbeat for over {grace}s (killed?)")
+                   for trial_id in self.storage._get_stale_trial_ids(self.study_id))
 
     def fail_worker(self, worker: str) -> int:
         """Mark the RUNNING trials of a worker known to be dead as FAIL; returns how many."""
@@ -277,10 +342,23 @@ class Ledger:
         n = 0
         for t in self.trials((TrialState.RUNNING,)):
             if t.user_attrs.get("worker") == worker:
-                self.storage.set_trial_user_attr(t._trial_id, "error", "worker process died")
-                with contextlib.suppress(Exception):
-                    n += bool(self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
+                n += self._fail_dead(t._trial_id, "worker process died")
         return n
+
+    def _fail_dead(self, trial_id: int, error: str) -> bool:
+        """FAIL a RUNNING trial whose worker is gone, marked ``died``; False if it finished meanwhile."""
+        TrialState = _optuna().trial.TrialState
+        try:
+            self.storage.set_trial_user_attr(trial_id, "error", error)
+            self.storage.set_trial_user_attr(trial_id, "died", True)
+            return bool(self.storage.set_trial_state_values(trial_id, TrialState.FAIL))
+        except Exception:  # noqa: BLE001 - finished by its worker or failed by another process first
+            return False
+
+    def running(self, runs: set[str] | None = None) -> int:
+        """Number of RUNNING trials (of ``runs`` for a grid; all of them for a search)."""
+        TrialState = _optuna().trial.TrialState
+        return sum(runs is None or t.user_attrs.get("run") in runs for t in self.trials((TrialState.RUNNING,)))
 
     # -------------------------------------------------------------- grid
 
@@ -313,15 +391,39 @@ class Ledger:
                     upgraded.append(cell.run)
                     new_keys.update(one_sided)
                 continue
-            self.study.enqueue_trial(
-                {"run": cell.run},
-                user_attrs={**cell.to_dict(), "config": configs.get(cell.run, {})},
-            )
+            self._enqueue(cell, configs)
             added += 1
         if upgraded:
             self.notes.append(f"{len(upgraded)} run(s) predate options added or removed since "
                               f"({', '.join(sorted(new_keys))}); taken as unchanged")
         return added
+
+    def _enqueue(self, cell: Cell, configs: dict[str, dict[str, Any]]) -> None:
+        self.study.enqueue_trial({"run": cell.run}, user_attrs={**cell.to_dict(), "config": configs.get(cell.run, {})})
+
+    def requeue_dead(self, cells: list[Cell], configs: dict[str, dict[str, Any]],
+                     max_deaths: int = MAX_DEATHS) -> list[str]:
+        """Enqueue again the runs whose worker died (stale heartbeat or a dead process); returns them.
+
+        Only runs whose last attempt died — not ones that raised, which would fail
+        again — and that have killed fewer than ``max_deaths`` workers (a run that
+        gets its worker OOM-killed must not loop forever). Call with :meth:`lock` held.
+        """
+        TrialState = _optuna().trial.TrialState
+        self.fail_stale()
+        by_run: dict[str, list[Any]] = {}
+        for t in sorted(self.trials(), key=lambda t: t.number):
+            by_run.setdefault(t.user_attrs.get("run"), []).append(t)
+        requeued = []
+        for cell in cells:
+            trials = by_run.get(cell.run, [])
+            if not trials or any(t.state != TrialState.FAIL for t in trials):
+                continue
+            deaths = sum(bool(t.user_attrs.get("died")) for t in trials)
+            if trials[-1].user_attrs.get("died") and deaths < max_deaths:
+                self._enqueue(cell, configs)
+                requeued.append(cell.run)
+        return requeued
 
     def _conflict(self, cell: Cell, trial: Any, config: dict[str, Any]) -> str:
         old = trial.user_attrs.get("config") or {}
@@ -346,6 +448,7 @@ class Ledger:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             self.storage.set_trial_user_attr(t._trial_id, "worker", worker_id())
+            self.storage.record_heartbeat(t._trial_id)  # detectable as stale even if killed before its first beat
             if run in self.run_names:  # the grid point as an Optuna param, as GridSampler would set it
                 dist = optuna.distributions.CategoricalDistribution(self.run_names)
                 self.storage.set_trial_param(t._trial_id, "run", dist.to_internal_repr(run), dist)
@@ -389,6 +492,7 @@ class Ledger:
         with _quiet():
             trial = self.study.ask()
         self.storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+        self.storage.record_heartbeat(trial._trial_id)  # see claim()
         return trial
 
     # ------------------------------------------------------------ report
@@ -398,8 +502,20 @@ class Ledger:
             self.storage.set_trial_user_attr(trial_id, key, json.loads(json.dumps(value, default=str)))
 
     def finish(self, number: int, value: float) -> None:
-        with _quiet():
-            self.study.tell(number, value, skip_if_finished=True)
+        """Report a trial COMPLETE with ``value`` (FAIL if it is NaN); a no-op if already finished."""
+        optuna = _optuna()
+        if not self.run_names:
+            with _quiet():
+                self.study.tell(number, value, skip_if_finished=True)
+            return
+        # Grid runs are claimed, not sampled, so they lack the GridSampler's system attrs;
+        # its after_trial hook (run by tell) raises KeyError('grid_id') in a one-run study.
+        TrialState = optuna.trial.TrialState
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        ok = math.isfinite(value)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL,
+                                                [float(value)] if ok else None)
 
     def fail(self, trial_id: int, number: int, error: str) -> None:
         TrialState = _optuna().trial.TrialState

@@ -20,6 +20,7 @@ over users).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from seqcl.errors import ConfigError
+from seqcl.study.files import atomic_write_text, load_ranks, read_json, read_json_dict
 from seqcl.study.plan import format_value
 from seqcl.study.stats import Comparison, compare_users, ks_of, metric_names, seed_average
 
@@ -46,9 +48,8 @@ class RunResult:
     summary: dict[str, Any]
 
     def ranks(self, split: str) -> np.ndarray:
-        import torch
-
-        return torch.load(self.run_dir / "ranks.pt")[split].numpy()
+        """FileNotFoundError if the run saved no ranks; a DataError naming a truncated file."""
+        return load_ranks(self.run_dir / "ranks.pt", split)
 
 
 @dataclass
@@ -116,14 +117,14 @@ def load_info(study_dir: Path) -> dict[str, Any]:
     path = Path(study_dir) / "study.json"
     if not path.is_file():
         raise ConfigError(f"{study_dir}: not a study directory (no study.json; run `seqcl study FILE` first)")
-    return json.loads(path.read_text())
+    return read_json_dict(path, ("name", "mode", "metric", "spec", "cells"))
 
 
 def load_runs(study_dir: Path, info: dict[str, Any]) -> tuple[list[RunResult], list[str]]:
     """Finished runs (in the study's order) and the names of the runs not (yet) there."""
     runs_dir = Path(study_dir) / "runs"
     if info["mode"] == "search":
-        cells = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/cell.json"))]
+        cells = [read_json(p) for p in sorted(runs_dir.glob("*/cell.json"))]
     else:
         cells = info["cells"]
     found, missing = [], []
@@ -134,7 +135,7 @@ def load_runs(study_dir: Path, info: dict[str, Any]) -> tuple[list[RunResult], l
             missing.append(cell["run"])
             continue
         found.append(RunResult(cell["run"], cell["variant"], cell["group"], cell["point"], cell["seed"], run_dir,
-                               json.loads(summary.read_text())))
+                               read_json_dict(summary, ("valid", "test"))))
     return found, missing
 
 
@@ -347,9 +348,10 @@ def write_report(report: Report, plots: bool = True) -> list[Path]:
 
         report.plots = make_plots(report)
     header, rows = csv_rows(report)
-    with open(out / "report.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "report.md").write_text(markdown(report))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=header, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "report.csv", buffer.getvalue())
+    atomic_write_text(out / "report.md", markdown(report))
     return [out / "report.md", out / "report.csv", *report.plots]

@@ -7,7 +7,11 @@ the study lock, train it with :func:`seqcl.training.train` (``run.dir`` =
 run dir and metrics as the trial's user attributes, report it finished. A run
 that raises is reported FAIL and the worker goes on; Ctrl-C reports the
 current run FAIL and stops. The next ``seqcl study`` call retries failed runs
-and skips finished ones.
+and skips finished ones. A worker that is killed (SIGKILL, the OOM killer, a
+lost machine) is noticed — by the parent at once, by any worker once its
+heartbeat has stopped — and its run is retried in the same call: a worker with
+nothing left to claim waits for runs still running elsewhere rather than
+leaving. Whatever is still not done at the end makes ``seqcl study`` exit 1.
 
 A run directory that already holds ``summary.json`` with the same config (a
 worker that died between training and reporting) is reused, not retrained; a
@@ -37,6 +41,7 @@ import yaml
 
 from seqcl.config import resolve
 from seqcl.plugins import LoadedPlugins, load_plugins
+from seqcl.study.files import atomic_write_text
 from seqcl.study.ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
 from seqcl.study.plan import Cell, Plan, config_diff, hashed_items, search_cell
 from seqcl.study.spec import SearchParam
@@ -64,6 +69,7 @@ class StudyOutcome:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run or trial, error)
     seconds: float = 0.0
     url: str = ""
+    running: list[str] = field(default_factory=list)  # runs (trials) still RUNNING in the ledger at the end
 
 
 # ----------------------------------------------------------------- one run
@@ -129,22 +135,48 @@ def _suggest(trial: Any, param: SearchParam) -> Any:
 
 
 def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr, workers: int = 1) -> int:
-    """Claim and run until nothing is left; returns the number of runs (trials) that failed here."""
+    """Claim and run until nothing is left; returns the number of runs (trials) that failed here.
+
+    When nothing is left to claim but runs are still RUNNING elsewhere, this
+    worker waits for them instead of leaving: should their worker be dead (its
+    heartbeat stops), they are failed and retried here, so a killed worker never
+    leaves a study "done" with a run that nobody runs.
+    """
     failed = 0
     by_run = plan.by_run()
+    poll = min(max(ledger.heartbeat_s / 2, 0.2), 5.0)
+    waiting = False
     while True:
         with ledger.lock():
+            trial = claim = None
+            others = 0
             if plan.spec.mode == "grid":
                 claim = ledger.claim(set(by_run))
-                trial = None
                 if claim is None:
-                    return failed
-                trial_id, number, label = claim.trial_id, claim.number, claim.run
+                    retried = ledger.requeue_dead(plan.trained, plan.configs)
+                    if retried:
+                        log(f"[study {plan.spec.name}] the worker of {', '.join(retried)} died; retrying")
+                        continue
+                    others = ledger.running(set(by_run))
             else:
-                trial = ledger.claim_search(plan.spec.trials)
+                trial = ledger.claim_search(plan.spec.trials)  # fails stale trials first: they are asked anew
                 if trial is None:
-                    return failed
-                trial_id, number, label = trial._trial_id, trial.number, f"trial {trial.number}"
+                    others = ledger.running()
+        if claim is None and trial is None:
+            if not others:
+                return failed
+            if not waiting:
+                log(f"[study {plan.spec.name}] waiting for {others} run(s) of other workers to finish "
+                    f"(a dead worker's run is retried here once its heartbeat has stopped for "
+                    f"{ledger.storage.grace_period}s)")
+                waiting = True
+            time.sleep(poll)
+            continue
+        waiting = False
+        if trial is None:
+            trial_id, number, label = claim.trial_id, claim.number, claim.run
+        else:
+            trial_id, number, label = trial._trial_id, trial.number, f"trial {trial.number}"
         started = time.perf_counter()
         run_log, close = _run_log(plan, label.replace(" ", "-"))
         try:
@@ -243,29 +275,104 @@ def worker_main(job: WorkerJob) -> None:
     sys.exit(1 if failed else 0)
 
 
+@contextlib.contextmanager
+def _cwd_not_importable() -> Iterator[None]:
+    """Start spawned children with PYTHONSAFEPATH=1 (Python >= 3.11).
+
+    A spawned child runs ``python -c 'from multiprocessing.spawn import …'``,
+    and ``-c`` puts the current directory first on ``sys.path`` before anything
+    is imported: a ``multiprocessing.py`` (``socket.py``, ``pickle.py`` …) there
+    would run in every worker. With safe-path nothing is prepended; the child
+    then takes this process's ``sys.path``, so it imports what the parent can.
+    """
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
+def _work_left(ledger: Ledger, plan: Plan) -> bool:
+    """Whether runs wait in the ledger (grid) or trials are missing (search) with no worker alive."""
+    progress = ledger.progress(plan.trained or None, plan.spec.trials or None)
+    if plan.spec.mode != "grid":
+        return progress.left > 0
+    import optuna
+
+    runs = set(plan.by_run())
+    return any(t.user_attrs.get("run") in runs for t in ledger.trials((optuna.trial.TrialState.WAITING,)))
+
+
 def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], heartbeat_s: int,
            log: Log, poll_s: float) -> None:
+    """Run ``workers`` worker processes until the study is done.
+
+    A worker that dies (SIGKILL, OOM killer) is noticed here at once: its run is
+    failed and queued again for the live workers (or a replacement worker when
+    none is left), within this invocation.
+    """
     ctx = multiprocessing.get_context("spawn")
     threads = 0
     if not (plan.spec.base.get("train") or {}).get("threads"):
         threads = max(1, (os.cpu_count() or 1) // workers)
     logs = plan.study_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(workers):
-        job = WorkerJob(plan, url, plugin_modules, heartbeat_s, threads, str(logs / f"worker-{i + 1}.log"))
-        p = ctx.Process(target=worker_main, args=(job,), name=f"seqcl-study-worker-{i + 1}")
-        p.start()
+    procs: list[Any] = []
+
+    def start() -> Any:
+        i = len(procs) + 1
+        job = WorkerJob(plan, url, plugin_modules, heartbeat_s, threads, str(logs / f"worker-{i}.log"))
+        p = ctx.Process(target=worker_main, args=(job,), name=f"seqcl-study-worker-{i}")
+        with _cwd_not_importable():
+            p.start()
         procs.append(p)
+        return p
+
+    for _ in range(workers):
+        start()
     log(f"[study {plan.spec.name}] {workers} worker processes ({threads or 'default'} torch threads each), "
         f"logs in {logs}")
-    ledger = Ledger(url, plan.spec.name, heartbeat_s=heartbeat_s)
+    ledger = Ledger(url, plan.spec.name, [c.run for c in plan.trained] or None, heartbeat_s=heartbeat_s)
     host = socket.gethostname()
+    reaped: set[int] = set()
+    owed = 0  # replacement workers owed: runs (trials) of dead workers still to retry
+    replacements = 0
     last = ""
+
+    def reap(requeue: bool) -> int:
+        """Fail the runs of workers that died, queue them again if ``requeue``; returns how many to retry."""
+        retry = 0
+        for p in procs:
+            if p.exitcode in (0, None) or p.pid in reaped:
+                continue
+            reaped.add(p.pid)
+            with ledger.lock():
+                n = ledger.fail_worker(f"{host}:{p.pid}")
+                again = ledger.requeue_dead(plan.trained, plan.configs) if requeue and plan.spec.mode == "grid" else []
+            retry += len(again) if plan.spec.mode == "grid" else n * requeue
+            if p.exitcode != 1 or n:
+                what = "; its run is queued again" if again else ("; its run is marked failed" if n else "")
+                log(f"[study {plan.spec.name}] worker {p.name} exited with code {p.exitcode}{what}")
+        return retry
+
     try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=poll_s / len(procs))
+        while True:
+            alive = [p for p in procs if p.is_alive()]
+            for p in alive:
+                p.join(timeout=poll_s / len(alive))
+            owed += reap(requeue=True)
+            if not any(p.is_alive() for p in procs):
+                if owed and replacements < 2 * workers and _work_left(ledger, plan):
+                    owed -= 1
+                    replacements += 1
+                    p = start()
+                    log(f"[study {plan.spec.name}] no worker left: started {p.name} for the remaining runs")
+                    continue
+                break
             line = ledger.progress(plan.trained or None, plan.spec.trials or None).line(plan.spec.name, workers)
             if line != last:
                 log(line)
@@ -283,14 +390,7 @@ def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], 
                 p.join()
         raise
     finally:
-        for p in procs:
-            if p.exitcode in (0, None):
-                continue
-            # A worker that died leaves its run RUNNING until the heartbeat expires: fail it now.
-            n = ledger.fail_worker(f"{host}:{p.pid}")
-            if p.exitcode != 1 or n:
-                log(f"[study {plan.spec.name}] worker {p.name} exited with code {p.exitcode}"
-                    + ("; its run is marked failed" if n else ""))
+        reap(requeue=False)  # a worker that died leaves its run RUNNING until the heartbeat expires: fail it now
 
 
 # --------------------------------------------------------------- the study
@@ -323,7 +423,21 @@ def run_study(plan: Plan, plugins: LoadedPlugins, *, storage: str | None = None,
         else:
             _spawn(plan, url, workers, plugin_modules, heartbeat_s, log, poll_s)
     progress = ledger.progress(plan.trained or None, plan.spec.trials or None)
-    return StudyOutcome(plan, progress, failures(ledger, plan), time.perf_counter() - started, url)
+    return StudyOutcome(plan, progress, failures(ledger, plan), time.perf_counter() - started, url,
+                        still_running(ledger, plan))
+
+
+def still_running(ledger: Ledger, plan: Plan) -> list[str]:
+    """Runs (grid) or trials (search) RUNNING in the ledger, with the worker that claimed them."""
+    import optuna
+
+    runs = plan.by_run()
+    out = []
+    for t in sorted(ledger.trials((optuna.trial.TrialState.RUNNING,)), key=lambda t: t.number):
+        name = t.user_attrs.get("run") if plan.spec.mode == "grid" else f"trial {t.number}"
+        if plan.spec.mode != "grid" or name in runs:
+            out.append(f"{name} (worker {t.user_attrs.get('worker', '?')})")
+    return out
 
 
 def failures(ledger: Ledger, plan: Plan) -> list[tuple[str, str]]:
@@ -349,8 +463,5 @@ def write_study_json(plan: Plan, url: str) -> Path:
     path = plan.study_dir / "study.json"
     data = {"name": plan.spec.name, "mode": plan.spec.mode, "metric": plan.metric, "seeds": plan.seeds,
             "storage": redact(url), "spec": plan.spec.to_dict(), "cells": [c.to_dict() for c in plan.cells]}
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 

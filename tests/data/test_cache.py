@@ -147,6 +147,41 @@ def test_save_roundtrip_leaves_no_temp_files(tmp_path: Path) -> None:
     assert back is not None and same(back, data) and back.name == "x"
 
 
+def test_full_disk_warns_once_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """torch.save on a full disk raises RuntimeError (not OSError) after writing part of the file."""
+
+    def disk_full(obj: object, f: object) -> None:
+        f.write(b"PK\x03\x04 part of a zip")  # type: ignore[attr-defined]
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed\nmore detail")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    src = write(tmp_path, "s.txt", SEQS)
+    first, key = load_data(str(src), options(tmp_path))
+    second, _ = load_data(str(src), options(tmp_path))  # the cache is still full: no second warning
+    assert first.num_users == 3 and same(first, second)
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and str(tmp_path / "cache" / f"{key}.pt") in err[0] and "file write failed" in err[0], err
+    assert list((tmp_path / "cache").iterdir()) == []  # no partial file, under the final name or any other
+
+
+def test_entry_with_changed_item_id_is_rebuilt(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    src = write(tmp_path, "s.txt", SEQS)
+    good, key = load_data(str(src), options(tmp_path))
+    entry = tmp_path / "cache" / f"{key}.pt"
+    blob = torch.load(entry, weights_only=True)
+    items = blob["items"].clone()
+    items[0] = 1 if int(items[0]) != 1 else 2  # still a valid id: only a checksum can tell
+    torch.save({**blob, "items": items}, entry)  # a whole, valid archive
+    again, _ = load_data(str(src), options(tmp_path))
+    assert same(again, good)
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and str(entry) in err[0] and "rebuilding" in err[0], err
+    assert torch.equal(torch.load(entry, weights_only=True)["items"], good.items)  # rewritten
+    assert same(load_data(str(src), options(tmp_path))[0], good) and capfd.readouterr().err == ""
+
+
 def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:
     blocker = write(tmp_path, "blocker", "a file where the cache dir should be")
     data, _ = load_data(str(write(tmp_path, "s.txt", SEQS)), DataOptions(cache_dir=str(blocker / "sub")))

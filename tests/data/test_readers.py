@@ -152,6 +152,17 @@ def test_inter_columns_by_typed_header(tmp_path: Path) -> None:
     assert raw.has_timestamp
 
 
+def test_csv_without_timestamp_says_so_once(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "x.csv", "user,item\nu,b\nu,a\nv,a\n")
+    raw = readers.read_csv(path)
+    assert not raw.has_timestamp and raw.item_tokens[raw.items].tolist() == ["b", "a", "a"]
+    readers.read_csv(path)
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "no timestamp column" in err[0] and "file order" in err[0]
+    readers.read_csv(write(tmp_path, "t.csv", "user,item,timestamp\nu,b,2\nu,a,1\n"))
+    assert capfd.readouterr().err == ""  # a file with timestamps: nothing to say
+
+
 def test_inter_without_timestamp_keeps_file_order(tmp_path: Path) -> None:
     raw = readers.read_inter(write(tmp_path, "x.inter", "user_id:token\titem_id:token\nu\ta\nu\tb\n"))
     assert not raw.has_timestamp

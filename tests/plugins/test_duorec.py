@@ -12,7 +12,7 @@ from seqcl.data.dataset import SequenceData, training_samples, trim_padding
 from seqcl.interfaces import Batch, BuildContext
 from seqcl_duorec import DuoRecAugmenter, DuoRecOptions, build_index, draw_same_target, load_or_build
 from seqcl_duorec.augmenter import SEED_OFFSET
-from seqcl_duorec.index import cache_file, check_index
+from seqcl_duorec.index import INDEX_VERSION, cache_file, check_index
 from seqcl_sasrec import SASRec, SASRecOptions
 
 
@@ -109,10 +109,47 @@ def test_corrupt_or_stale_cache_is_rebuilt(tmp_path):
     path.write_bytes(b"not a torch file")
     index = load_or_build(tmp_path, "k", samples.targets, 12)
     check_index(index, samples.targets, 12)
-    assert torch.load(path, weights_only=True)["version"] == 1  # overwritten with a good entry
+    assert torch.load(path, weights_only=True)["version"] == INDEX_VERSION  # overwritten with a good entry
     other = training_samples(_data(seed=1))  # same key, other targets: must not be trusted
     index = load_or_build(tmp_path, "k", other.targets, 12)
     check_index(index, other.targets, 12)
+
+
+def test_index_edited_in_place_is_rebuilt(tmp_path, capfd):
+    samples = training_samples(_data())
+    index = load_or_build(tmp_path, "k", samples.targets, 12)
+    path = cache_file(tmp_path, "k")
+    blob = torch.load(path, weights_only=True)
+    # swap two samples of one target group: still a consistent index, but not the one built
+    start, counts = index.group_start, index.counts
+    t = int(torch.nonzero(counts >= 2)[0])
+    i, j = int(start[t]), int(start[t]) + 1
+    order, position = blob["order"].clone(), blob["position"].clone()
+    a, b = int(order[i]), int(order[j])
+    order[i], order[j] = b, a
+    position[a], position[b] = position[b].clone(), position[a].clone()
+    edited = dataclasses.replace(index, order=order, position=position)
+    check_index(edited, samples.targets, 12)  # passes the consistency check: only a checksum can tell
+    torch.save({**blob, "order": order, "position": position}, path)
+    again = load_or_build(tmp_path, "k", samples.targets, 12)
+    assert torch.equal(again.order, index.order) and torch.equal(again.position, index.position)
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "rebuilding" in err[0], err
+    assert torch.equal(torch.load(path, weights_only=True)["order"], index.order)  # rewritten
+
+
+def test_index_write_failure_is_a_warning(tmp_path, monkeypatch, capfd):
+    def disk_full(obj, f):
+        f.write(b"part")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    samples = training_samples(_data())
+    for _ in range(2):
+        check_index(load_or_build(tmp_path, "k", samples.targets, 12), samples.targets, 12)
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and str(cache_file(tmp_path, "k")) in err[0] and "file write failed" in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_cache_dir_writes_nothing(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ def user_metrics(run_dirs, split="test"):
     """Per-user metrics written out by hand, averaged over the seeds."""
     out = {m: [] for m in METRICS}
     for d in run_dirs:
-        r = torch.load(d / "ranks.pt")[split].double().numpy()
+        r = torch.load(d / "ranks.pt", weights_only=True)[split].double().numpy()
         for k in (5, 10):
             hit = (r < k).astype(float)
             out[f"hr@{k}"].append(hit)

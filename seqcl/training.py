@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import shutil
 import sys
@@ -396,8 +395,6 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     t = resolved.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    if t.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {t.device!r} but CUDA is not available")
     if t.metric not in _metric_names(resolved):
         raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
     generator = _set_seed(t.seed)

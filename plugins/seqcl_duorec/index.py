@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seqcl.data.cache import ChecksumMismatch, atomic_save, tensor_digest, verify_digest
+from seqcl.atomic import atomic_save
+from seqcl.data.cache import ChecksumMismatch, tensor_digest, verify_digest
 from seqcl.data.notice import load_error, one_line, warn_once
 
 INDEX_VERSION = 2  # 2: tensor checksum

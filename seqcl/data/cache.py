@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seqcl.atomic import atomic_save
 from seqcl.data.dataset import SequenceData
 from seqcl.data.notice import load_error, one_line, warn_once
 from seqcl.data.options import DataOptions
@@ -116,25 +115,6 @@ def save_cached(cache_dir: str | Path, key: str, data: SequenceData) -> Path | N
         warn_once(f"could not write data cache {path} ({one_line(e)}); continuing without it",
                   key=f"cache-save:{Path(cache_dir)}")
         return None
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``.
-
-    A killed process never leaves a half-written cache file; raises what
-    ``torch.save`` or the file system raise (OSError, RuntimeError).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _CHECKED = ("items", "offsets", "num_items")

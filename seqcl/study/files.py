@@ -10,8 +10,6 @@ not print a JSON or zip traceback. ``ranks.pt`` is loaded with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +80,3 @@ def load_ranks(path: str | Path, split: str) -> np.ndarray:
     return ranks.numpy()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, fsync, then ``os.replace``.
-
-    A crash mid-write leaves the previous file (or none), never a truncated one
-    that the next report would choke on.
-    """
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

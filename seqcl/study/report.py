@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from seqcl.errors import ConfigError
-from seqcl.study.files import atomic_write_text, load_ranks, read_json, read_json_dict
+from seqcl.atomic import atomic_write_text
+from seqcl.study.files import load_ranks, read_json, read_json_dict
 from seqcl.study.plan import format_value
 from seqcl.study.stats import Comparison, compare_users, ks_of, metric_names, seed_average
 

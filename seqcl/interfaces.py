@@ -14,6 +14,22 @@ recomputed: ACLSRec transforms ``h_in`` and runs the Transformer once more;
 CL4SRec encodes two augmented copies of ``batch.items``; DuoRec re-encodes
 (another dropout sample) and encodes a same-target sample. The core has no
 special case for any of them.
+
+State
+-----
+Checkpoints (``last.pt`` every epoch, ``best.pt``) hold each component's
+``state_dict()``, by name (``encoder``, ``augmenter``, ``term.<name>``), and
+``--resume`` loads it back with ``load_state_dict``. For an ``nn.Module`` that
+is its parameters and persistent buffers; state outside them — an RNG stream,
+a step counter, a cluster table — goes through PyTorch's own hooks
+``get_extra_state()`` / ``set_extra_state(state)``, which return and take
+tensors and plain containers (checkpoints load with ``weights_only=True``).
+A component that draws random numbers keeps its own generators in a
+:class:`seqcl.rng.DeviceGenerators` and mixes in :class:`seqcl.rng.OwnsGenerators`,
+which does exactly this. A component that is not an ``nn.Module`` may define
+``state_dict``/``load_state_dict`` itself. Derived data that can be rebuilt
+(an index of the training set) belongs in non-persistent buffers, not in
+checkpoints.
 """
 
 from __future__ import annotations

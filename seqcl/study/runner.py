@@ -44,6 +44,7 @@ from seqcl.plugins import LoadedPlugins, load_plugins
 from seqcl.atomic import atomic_write_text
 from seqcl.study.ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
 from seqcl.study.plan import Cell, Plan, config_diff, hashed_items, search_cell
+from seqcl.study.files import read_yaml
 from seqcl.study.spec import SearchParam
 
 Log = Callable[[str], None]
@@ -92,21 +93,47 @@ def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOut
         log(f"reusing finished run dir {final}")
         reused = True
     else:
-        incomplete = final.with_name(final.name + ".incomplete")
-        if incomplete.exists():
-            log(f"removing the leftover {incomplete} of an earlier attempt")
-            shutil.rmtree(incomplete)
-        result = train(resolved, plugins, log=log)
+        result = _resume_leftover(final.with_name(final.name + ".incomplete"), resolved, plugins, log)
+        if result is None:
+            result = train(resolved, plugins, log=log)
         if result.run_dir != final:
             log(f"warning: run dir is {result.run_dir}, expected {final}")
         summary = json.loads((result.run_dir / "summary.json").read_text())
         final = result.run_dir
         reused = False
-    (final / "cell.json").write_text(json.dumps({"study": plan.spec.name, **cell.to_dict()}, indent=2) + "\n")
+    atomic_write_text(final / "cell.json", json.dumps({"study": plan.spec.name, **cell.to_dict()}, indent=2) + "\n")
     attrs = {"run_dir": str(final), "valid": summary["valid"], "test": summary["test"],
              "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
              "train_seconds": summary["seconds"]}
     return RunOutcome(float(summary["valid"][plan.metric]), attrs, reused)
+
+
+def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, log: Log) -> Any:
+    """Continue an earlier attempt's run from its checkpoint; None (folder removed) if it can't be.
+
+    The claim makes this worker the run's only owner, so the leftover is ours.
+    A run without a checkpoint, one that failed (a non-finite loss) or one from
+    another config or data is started afresh.
+    """
+    from seqcl.errors import SeqclError
+    from seqcl.runs import FAILED, LAST
+    from seqcl.training import resume
+
+    if not incomplete.exists():
+        return None
+    usable = (incomplete / LAST).is_file() and not (incomplete / FAILED).is_file()
+    if usable:
+        saved = read_yaml(incomplete / "config.yaml")
+        changed, _ = config_diff(hashed_items(saved), hashed_items(resolved.tree))
+        usable = not changed
+    if usable:
+        try:
+            return resume(incomplete, plugins, log=log)
+        except SeqclError as exc:
+            log(f"cannot resume {incomplete} ({exc}); starting it afresh")
+    log(f"removing the leftover {incomplete} of an earlier attempt")
+    shutil.rmtree(incomplete)
+    return None
 
 
 def _run_log(plan: Plan, name: str) -> tuple[Log, Callable[[], None]]:

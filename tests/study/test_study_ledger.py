@@ -121,3 +121,33 @@ def test_two_processes_share_one_sqlite_study_each_run_once(tmp_path, tiny_file)
     assert sorted(finished) == sorted(runs)
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes worked
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkeypatch, capsys):
+    """A run stopped after epoch 1 continues at epoch 2 in the next `seqcl study`, not at epoch 1."""
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1],
+                      base={"train": {"epochs": 3, "batch_size": 128, "threads": 1}})
+    study = tmp_path / "runs" / "t"
+    real, calls = training.train, []
+
+    def interrupted(resolved, plugins, log=None):
+        calls.append(resolved.run.name)
+
+        def stop_after_epoch_1(msg):
+            log(msg)
+            if msg.startswith("epoch   1 |"):
+                raise KeyboardInterrupt
+
+        return real(resolved, plugins, log=stop_after_epoch_1)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    assert main(args) == 130
+    assert (study / "runs" / "a__s1.incomplete" / "last.pt").is_file()
+    assert main(args) == 0
+    assert calls == ["a__s1"]  # the second attempt resumed instead of training from scratch
+    log = (study / "logs" / "a__s1.log").read_text()
+    assert "resuming" in log and "after epoch 1" in log
+    records = [json.loads(x) for x in (study / "runs" / "a__s1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    capsys.readouterr()

@@ -79,3 +79,22 @@ def register_commands(cli: Any) -> None:
     Called once per plugin when the CLI starts. Every implementation is called;
     one that raises loses the commands it added (and its plugin is skipped).
     """
+
+
+@hookspec
+def register_objectives(register: Register) -> None:
+    """Register main training objectives (kind ``objective``), e.g. ``ce``, ``sampled``, ``cloze``.
+
+    Called once per plugin at start-up. ``factory(options, context)`` must
+    return a :class:`seqcl.interfaces.Objective`: the loss every training step
+    minimises, to which the weighted loss terms are added. A run selects one
+    with ``objective: NAME`` (``--objective``); its options are the config
+    section named after it. The default is the encoder's ``default_objective``
+    (``ce`` for SASRec, ``cloze`` for BERT4Rec). Every implementation is called;
+    names must be unique across all plugins.
+
+    Stages: an objective that is a pre-training stage (S3Rec's masked item
+    prediction) is an ordinary objective; a run trains one objective, and a
+    later run starts from its ``best.pt`` (``train.init_from``, planned with the
+    training-loop hooks), so no stage logic lives in an objective.
+    """

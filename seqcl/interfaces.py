@@ -142,6 +142,9 @@ class Encoder(nn.Module, ABC):
     def item_table(self) -> Tensor:
         """(num_items + 1 + extra_rows, d): the item embedding matrix (output layer too)."""
 
+    #: the objective a run trains this encoder with unless the config names one
+    default_objective: ClassVar[str] = "ce"
+
     def encode(self, items: Tensor) -> Tensor:
         """(B, T) long → (B, d): the user representation at the last slot."""
         return self.contextualize(self.embed(items), items)[:, -1]
@@ -175,6 +178,24 @@ class Augmenter(nn.Module):
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
         embedding output and Transformer output; the main representation is ``hidden[:, -1]``."""
         return Views()
+
+
+class Objective(nn.Module):
+    """The main training objective: what every step minimises before the terms are added.
+
+    ``forward(encoder, batch, h) -> scalar``. With ``uses_main_pass`` (the
+    default) ``h`` is the main pass's user representation ``H[:, -1]`` (B, d),
+    which the views share, and the objective scores it against
+    ``encoder.item_table()`` (rows ``1..num_items`` only). An objective that
+    needs its own encoder pass (BERT4Rec's cloze task masks the input) sets
+    ``uses_main_pass = False`` and gets ``h = None``. An objective that draws
+    random numbers owns its generators (``seqcl.rng``), so they are checkpointed.
+    """
+
+    uses_main_pass: ClassVar[bool] = True
+
+    def forward(self, encoder: Encoder, batch: Batch, h: Tensor | None) -> Tensor:  # noqa: D401
+        raise NotImplementedError
 
 
 @runtime_checkable

@@ -38,6 +38,7 @@ REGISTER_HOOKS = {
     "encoder": "register_encoders",
     "augmenter": "register_augmenters",
     "loss_term": "register_loss_terms",
+    "objective": "register_objectives",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from seqcl.errors import PluginError
 
-KINDS = ("encoder", "augmenter", "loss_term")
+KINDS = ("encoder", "augmenter", "loss_term", "objective")
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,8 @@ def test_kill_after_epoch_2_and_resume_is_exact(plugins, tmp_path, tiny_file, au
     assert (sa["valid"], sa["test"], sa["best_epoch"], sa["epochs_run"]) == (
         sb["valid"], sb["test"], sb["best_epoch"], sb["epochs_run"])
     assert_same_weights(full.run_dir / "best.pt", resumed.run_dir / "best.pt")
-    assert torch.equal(torch.load(full.run_dir / "ranks.pt")["test"], torch.load(resumed.run_dir / "ranks.pt")["test"])
+    assert torch.equal(torch.load(full.run_dir / "ranks.pt", weights_only=True)["test"],
+                       torch.load(resumed.run_dir / "ranks.pt", weights_only=True)["test"])
 
 
 def test_state_outside_parameters_is_checkpointed(plugins, tmp_path, tiny_file):

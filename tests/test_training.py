@@ -38,7 +38,7 @@ def test_same_seed_same_metrics_and_run_dir(plugins, tmp_path, tiny_file):
     lines = (a.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert yaml.safe_load((a.run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
-    ranks = torch.load(a.run_dir / "ranks.pt")
+    ranks = torch.load(a.run_dir / "ranks.pt", weights_only=True)
     assert ranks["test"].shape == (300,)
     c = train(config(plugins, tmp_path, "train.epochs=2", "train.seed=7", dataset=tiny_file), plugins,
               log=lambda m: None)

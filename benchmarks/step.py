@@ -119,7 +119,7 @@ class Runner:
         self.model.train(True)
 
     def step(self, batch) -> None:
-        out = training_step(self.model, batch, self.resolved, self.generator)
+        out = training_step(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         self.optimizer.step()
@@ -137,7 +137,7 @@ class Runner:
         counter = FlopCounterMode(display=False)
         with patched(self.arm), counter:
             for batch in self.batches:
-                out = training_step(self.model, batch, self.resolved, self.generator)
+                out = training_step(self.model, batch)
                 out.total.backward()
         self.optimizer.zero_grad(set_to_none=True)
         return float(counter.get_total_flops()) / len(self.batches)

@@ -79,21 +79,6 @@ class EvalOptions:
 
 
 @dataclass
-class LossOptions:
-    """Main loss (SPEC §3) and the temperature shared by the contrastive terms."""
-
-    main: Literal["ce", "sampled", "bce"] = "ce"
-    negatives: int = 1  # K of the sampled loss
-    include_pad_logit: bool = False  # RecBole parity only
-    tau: float = 1.0  # overwritten by the augmenter's default_tau
-
-    def validate(self) -> None:
-        _positive(self, "loss", "negatives")
-        if self.tau <= 0:
-            raise ConfigError(f"loss.tau must be > 0, got {self.tau}")
-
-
-@dataclass
 class RunOptions:
     """Where results go."""
 
@@ -108,8 +93,17 @@ CORE_SECTIONS: dict[str, type] = {
     "eval": EvalOptions,
     "run": RunOptions,
 }
-SELECTION_KEYS = ("dataset", "encoder", "augmenter")
-DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none"}
+SELECTION_KEYS = ("dataset", "encoder", "augmenter", "objective")
+#: ``objective`` "" = the encoder's ``default_objective``
+DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none", "objective": ""}
+#: Keys that moved, and where: a config that uses one gets a one-line error naming the new key.
+MOVED_KEYS = {
+    "loss.tau": "the temperature belongs to each term that uses it: loss.cl.tau, loss.align.tau "
+                "(under aclsrec they are tied: setting one sets both)",
+    "loss.main": "the main objective is a plugin now: objective=NAME (ce, sampled, bce, …; see `seqcl plugins`)",
+    "loss.negatives": "sampled.negatives (with objective=sampled)",
+    "loss.include_pad_logit": "ce.include_pad_logit",
+}
 
 
 def check_device(device: str) -> None:
@@ -298,10 +292,10 @@ class Resolved:
     data: DataOptions
     train: TrainOptions
     eval: EvalOptions
-    loss: LossOptions
     run: RunOptions
     encoder_options: Any
     augmenter_options: Any
+    objective_options: Any
     term_options: dict[str, Any]
 
     @property
@@ -315,6 +309,10 @@ class Resolved:
     @property
     def augmenter(self) -> str:
         return self.tree["augmenter"]
+
+    @property
+    def objective(self) -> str:
+        return self.tree["objective"]
 
     @property
     def terms(self) -> list[str]:
@@ -346,6 +344,10 @@ def resolve(
     """
     file_config = copy.deepcopy(file_config or {})
     overrides = list(overrides or [])
+    for key, _ in [*flatten(file_config).items(), *overrides]:
+        moved = next((m for m in MOVED_KEYS if key == m or key.startswith(m + ".")), None)
+        if moved:
+            raise ConfigError(f"{key} is gone: {MOVED_KEYS[moved]}")
     selection = dict(DEFAULT_SELECTION)
     adds = list(file_config.pop("with", None) or [])
     removes = list(file_config.pop("without", None) or [])
@@ -368,6 +370,8 @@ def resolve(
 
     encoder = registry.get("encoder", selection["encoder"])
     augmenter = registry.get("augmenter", selection["augmenter"])
+    selection["objective"] = selection["objective"] or str(getattr(encoder.factory, "default_objective", "ce"))
+    objective = registry.get("objective", selection["objective"])
     default_terms: dict[str, dict[str, Any]] = dict(getattr(augmenter.factory, "default_terms", {}) or {})
     terms = list(default_terms) if explicit_terms is None else list(explicit_terms)
     for name in adds:
@@ -383,25 +387,25 @@ def resolve(
     tree: dict[str, Any] = {**selection, "terms": terms}
     for section, cls in CORE_SECTIONS.items():
         tree[section] = _defaults_of(cls)
-    tree["loss"] = _defaults_of(LossOptions)
-    tree["loss"]["tau"] = float(getattr(augmenter.factory, "default_tau", 1.0))
+    tree["loss"] = {}
     term_components = {name: registry.get("loss_term", name) for name in terms}
     for name, comp in term_components.items():
         section = comp.default_options()
         section.update(default_terms.get(name, {}))
         tree["loss"][name] = section
-    if encoder.name in tree or augmenter.name in tree:
-        raise ConfigError(f"component name collides with a config section: {encoder.name} / {augmenter.name}")
-    tree[encoder.name] = encoder.default_options()
-    if augmenter.name != encoder.name:
-        tree[augmenter.name] = augmenter.default_options()
+    components = [encoder, augmenter, objective]
+    for comp in components:
+        if comp.name in tree and comp.name not in (c.name for c in components if c is not comp):
+            raise ConfigError(f"{comp.kind} {comp.name!r} (plugin {comp.plugin}): its name collides with the "
+                              f"config section {comp.name!r}")
+        tree.setdefault(comp.name, comp.default_options())
 
-    for key, value in flatten(file_config).items():
-        _assign(tree, key, value, origin="config file")
-    for key, value in rest:
-        _assign(tree, key, value, origin="--set")
+    ties = [tuple(group) for group in getattr(augmenter.factory, "tied_options", [])]
+    for origin, assignments in (("config file", list(flatten(file_config).items())), ("--set", rest)):
+        for key, value in assignments:
+            _assign(tree, key, value, origin=origin)
+        _propagate_ties(tree, ties, [key for key, _ in assignments])
 
-    loss_values = {k: v for k, v in tree["loss"].items() if k not in term_components}
     term_options = {
         name: build_options(comp.options, tree["loss"][name], f"loss.{name}") if comp.options else None
         for name, comp in term_components.items()
@@ -409,33 +413,70 @@ def resolve(
     for name, opts in term_options.items():
         if opts is not None and not hasattr(opts, "weight"):
             raise ConfigError(f"loss term {name}: its options have no 'weight' field (plugin {term_components[name].plugin})")
+
+    def options_of(comp: Any) -> Any:
+        return build_options(comp.options, tree[comp.name], comp.name) if comp.options else None
+
     resolved = Resolved(
         tree=tree,
         data=build_options(DataOptions, tree["data"], "data"),
         train=build_options(TrainOptions, tree["train"], "train"),
         eval=build_options(EvalOptions, tree["eval"], "eval"),
-        loss=build_options(LossOptions, loss_values, "loss"),
         run=build_options(RunOptions, tree["run"], "run"),
-        encoder_options=build_options(encoder.options, tree[encoder.name], encoder.name) if encoder.options else None,
-        augmenter_options=(
-            build_options(augmenter.options, tree[augmenter.name], augmenter.name) if augmenter.options else None
-        ),
+        encoder_options=options_of(encoder),
+        augmenter_options=options_of(augmenter),
+        objective_options=options_of(objective),
         term_options=term_options,
     )
     # write the converted values back so config.yaml holds typed values
     for section in ("data", "train", "eval", "run"):
         tree[section] = dataclasses.asdict(getattr(resolved, section))
-    tree["loss"].update(dataclasses.asdict(resolved.loss))
     for name, opts in term_options.items():
         if opts is not None:
             tree["loss"][name] = dataclasses.asdict(opts)
-    if resolved.encoder_options is not None:
-        tree[encoder.name] = dataclasses.asdict(resolved.encoder_options)
-    if resolved.augmenter_options is not None:
-        tree[augmenter.name] = dataclasses.asdict(resolved.augmenter_options)
+    for comp, opts in zip(components, (resolved.encoder_options, resolved.augmenter_options,
+                                       resolved.objective_options)):
+        if opts is not None:
+            tree[comp.name] = dataclasses.asdict(opts)
     check_terms(registry, resolved)
+    check_encoder(encoder, augmenter.name, resolved.augmenter_options)
     check_dataset(resolved.dataset)
     return resolved
+
+
+def _propagate_ties(tree: dict[str, Any], ties: list[tuple[str, ...]], assigned: list[str]) -> None:
+    """Options an augmenter ties together (ACLSRec: ``loss.cl.tau`` and ``loss.align.tau``) move as one.
+
+    Per source (file, then ``--set``): if the keys of a group that this source
+    set agree, every key of the group gets that value; a source that sets them
+    to different values unties them.
+    """
+    for group in ties:
+        present = [key for key in group if _lookup(tree, key) is not _MISSING]
+        values = {repr(_lookup(tree, key)) for key in present if key in assigned}
+        if len(values) == 1:
+            value = _lookup(tree, next(key for key in present if key in assigned))
+            for key in present:
+                _assign(tree, key, value, origin="tied option")
+
+
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check_encoder(encoder: Any, augmenter: str, options: Any) -> None:
+    """An encoder may refuse an augmenter it cannot serve (``check_augmenter`` raising ConfigError)."""
+    check = getattr(encoder.factory, "check_augmenter", None)
+    if callable(check):
+        check(augmenter, options)
 
 
 def _assign(tree: dict[str, Any], key: str, value: Any, origin: str) -> None:

@@ -93,7 +93,6 @@ class BuildContext:
     extra_rows:  extra item-table rows requested by the augmenter.
     hidden_size: d, the width of every (B, d) view (the encoder's ``hidden_size``).
     max_len:     T, the window length.
-    tau:         the shared temperature of the contrastive terms (``loss.tau``).
     train:       the training samples (a :class:`seqcl.data.dataset.TrainSamples`).
     cache_dir:   where a component may cache derived tensors (key them by ``data_key``).
     data_key:    hash of the data file and its preprocessing settings.
@@ -105,7 +104,6 @@ class BuildContext:
     num_items: int
     max_len: int
     hidden_size: int
-    tau: float = 1.0
     extra_rows: int = 0
     train: Any = None
     cache_dir: Path | None = None
@@ -145,6 +143,15 @@ class Encoder(nn.Module, ABC):
     #: the objective a run trains this encoder with unless the config names one
     default_objective: ClassVar[str] = "ce"
 
+    @classmethod
+    def check_augmenter(cls, augmenter: str, options: Any = None) -> None:
+        """Raise :class:`seqcl.errors.ConfigError` (one line, the reason) for an augmenter (name,
+        resolved options) this encoder cannot serve; called when the config is resolved. Default: all."""
+
+    def request_full_width(self) -> None:
+        """The augmenter reads every slot of ``H`` (``Augmenter.full_width``): compute all of
+        them, no shortcut that leaves padding slots or earlier slots unset. Default: nothing to do."""
+
     def encode(self, items: Tensor) -> Tensor:
         """(B, T) long → (B, d): the user representation at the last slot."""
         return self.contextualize(self.embed(items), items)[:, -1]
@@ -158,7 +165,12 @@ class Augmenter(nn.Module):
     * ``default_terms``: loss terms this augmenter enables, each with option
       overrides, e.g. ``{"cl": {"weight": 0.1}}``. They show in the resolved
       config; ``--without NAME`` removes one, ``--with NAME`` adds another.
-    * ``default_tau``: its default for the shared temperature ``loss.tau``.
+      A term that takes a temperature owns it (``loss.cl.tau``), so the
+      augmenter sets its default here too: ``{"cl": {"weight": 0.1, "tau": 1.0}}``.
+    * ``tied_options``: groups of config keys that move as one, e.g. ACLSRec's
+      ``[("loss.cl.tau", "loss.align.tau")]`` (SPEC §6: one τ): setting one key
+      of a group sets all of them, unless one source sets them to different
+      values (which unties them). The resolved config lists every value.
 
     Instance attributes, read after it is built and before the encoder and the
     terms are: ``extra_rows``, item-table rows to add after the real items
@@ -169,7 +181,7 @@ class Augmenter(nn.Module):
     """
 
     default_terms: ClassVar[dict[str, dict[str, Any]]] = {}
-    default_tau: ClassVar[float] = 1.0
+    tied_options: ClassVar[list[tuple[str, ...]]] = []
     extra_rows: int = 0
     pairs: list[tuple[str, str]] = []
     full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)

@@ -73,6 +73,26 @@ def declared_pairs(factory: Callable[..., Any], options: Any) -> list[tuple[str,
     return None
 
 
+def _check_contract(kind: str, name: str, factory: Callable[..., Any], options: type | None) -> None:
+    """What the core reads before building a component must be declared, not guessed.
+
+    An encoder's options name ``hidden_size`` (d: the width of every view); an
+    augmenter's or objective's factory is its class (the core reads
+    ``default_terms``, ``tied_options``, ``pairs``, ``uses_main_pass`` off it, and
+    a function would silently lose them).
+    """
+    if kind == "encoder" and (options is None or "hidden_size" not in {f.name for f in dataclasses.fields(options)}):
+        raise PluginError(f"encoder {name!r}: its options dataclass must have a 'hidden_size' field")
+    bases = {"augmenter": "Augmenter", "objective": "Objective"}
+    if kind in bases:
+        from seqcl import interfaces  # torch: every augmenter and objective needs it anyway
+
+        base = getattr(interfaces, bases[kind])
+        if not (isinstance(factory, type) and issubclass(factory, base)):
+            raise PluginError(f"{kind} {name!r}: the factory must be a subclass of "
+                              f"seqcl.interfaces.{bases[kind]}, got {factory!r}")
+
+
 class Registry:
     """All components of all loaded plugins, by kind and name."""
 
@@ -99,6 +119,7 @@ class Registry:
             raise PluginError(f"{kind} name must be an identifier, got {name!r}")
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"options of {kind} {name!r} must be a dataclass")
+        _check_contract(kind, name, factory, options)
         existing = self._items[kind].get(name)
         if existing is not None:
             raise PluginError(

@@ -27,8 +27,7 @@ from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_sa
 from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
 from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
-from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Views
-from seqcl.objective import main_loss
+from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
 from seqcl.runs import BEST, LAST, RunDir
@@ -40,6 +39,7 @@ class Model:
 
     encoder: Encoder
     augmenter: Augmenter
+    objective: Objective
     terms: dict[str, LossTerm]
     weights: dict[str, float]
     num_items: int
@@ -48,7 +48,7 @@ class Model:
     views_checked: bool = False
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.encoder, self.augmenter, *self.terms.values()) if isinstance(m, nn.Module)]
+        return [m for m in self.components().values() if isinstance(m, nn.Module)]
 
     def parameters(self) -> list[nn.Parameter]:
         seen: dict[int, nn.Parameter] = {}
@@ -67,8 +67,8 @@ class Model:
         return self
 
     def components(self) -> dict[str, Any]:
-        """Checkpoint name → component: ``encoder``, ``augmenter``, ``term.<name>``."""
-        return {"encoder": self.encoder, "augmenter": self.augmenter,
+        """Checkpoint name → component: ``encoder``, ``augmenter``, ``objective``, ``term.<name>``."""
+        return {"encoder": self.encoder, "augmenter": self.augmenter, "objective": self.objective,
                 **{f"term.{name}": term for name, term in self.terms.items()}}
 
     def state_dict(self) -> dict[str, Any]:
@@ -86,11 +86,11 @@ class Model:
 
 
 def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -> Model:
-    """Augmenter first (it may ask for extra item rows), then encoder, then the terms.
+    """Augmenter first (it may ask for extra item rows), then encoder, then objective and terms.
 
-    The augmenter and the terms are initialised from their own RNG stream, so the
-    encoder's initial weights depend on the seed alone, not on the augmenter:
-    every arm of a comparison starts from the same encoder.
+    The augmenter, the objective and the terms are initialised from their own RNG
+    stream, so the encoder's initial weights depend on the seed alone, not on the
+    augmenter: every arm of a comparison starts from the same encoder.
     """
     aug = registry.get("augmenter", resolved.augmenter)
     with torch.random.fork_rng(devices=[]):
@@ -106,18 +106,19 @@ def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -
     encoder = enc.factory(resolved.encoder_options, context)
     if getattr(encoder, "hidden_size", None) != context.hidden_size:
         raise ConfigError(f"encoder {enc.name}: hidden_size mismatch ({encoder.hidden_size} vs {context.hidden_size})")
-    if getattr(augmenter, "full_width", False) and hasattr(encoder, "dense_layout"):
-        encoder.dense_layout = True  # the augmenter reads every slot: no packing of real tokens
+    if augmenter.full_width:
+        encoder.request_full_width()
     terms = {}
     weights = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(context.seed + 2)
+        objective = registry.get("objective", resolved.objective).factory(resolved.objective_options, context)
         for name in resolved.terms:
             options = resolved.term_options[name]
             terms[name] = registry.get("loss_term", name).factory(options, context)
             weights[name] = float(options.weight)
     label = f"augmenter {aug.name!r} (plugin {aug.plugin})"
-    return Model(encoder, augmenter, terms, weights, context.num_items, context.max_len, label)
+    return Model(encoder, augmenter, objective, terms, weights, context.num_items, context.max_len, label)
 
 
 @dataclass
@@ -127,27 +128,30 @@ class StepOutput:
     skipped: list[str] = field(default_factory=list)
 
 
-def training_step(model: Model, batch: Batch, resolved: Resolved, generator: torch.Generator | None) -> StepOutput:
-    """One forward pass: main loss + Σ weight·term. No host sync.
+def training_step(model: Model, batch: Batch) -> StepOutput:
+    """One forward pass: objective + Σ weight·term. No host sync.
 
     With no loss term the augmenter never runs, so nothing reads ``H_in`` or the
     other slots of ``H``: the step asks the encoder for the last slot alone
-    (``encode``), which an encoder may compute more cheaply (SASRec does).
+    (``encode``), which an encoder may compute more cheaply (SASRec does). An
+    objective without ``uses_main_pass`` (BERT4Rec's cloze task) runs its own
+    encoder pass; the main pass then exists only for the views.
     """
+    h_in = hidden = h = None
     if model.terms:
         h_in = model.encoder.embed(batch.items)
         hidden = model.encoder.contextualize(h_in, batch.items)
         h = hidden[:, -1]
-    else:
+    elif model.objective.uses_main_pass:
         h = model.encoder.encode(batch.items)
-    main = main_loss(h, model.encoder.item_table(), batch, resolved.loss, model.num_items, generator)
+    main = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
     total = main
     parts = {"main": main.detach()}
     skipped = []
     if model.terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
         if not model.views_checked:
-            check_views(views, batch.size, h.shape[-1], model.augmenter_label)
+            check_views(views, batch.size, model.encoder.hidden_size, model.augmenter_label)
             model.views_checked = True
         for name, term in model.terms.items():
             if getattr(term, "needs_negatives", False) and batch.size < 2:
@@ -289,7 +293,7 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
         if n_batches >= total_batches:
             break
         with autocast:
-            out = training_step(model, batch, resolved, generator)
+            out = training_step(model, batch)
         if not bool(torch.isfinite(out.total)):
             raise NonFiniteLoss(_non_finite(out, n_batches + 1))
         if first is not None and not first:
@@ -341,8 +345,7 @@ def prepare(resolved: Resolved, plugins: LoadedPlugins) -> tuple[SequenceData, s
     context = BuildContext(
         num_items=data.num_items,
         max_len=resolved.data.max_len,
-        hidden_size=int(getattr(resolved.encoder_options, "hidden_size", 64)),
-        tau=resolved.loss.tau,
+        hidden_size=int(resolved.encoder_options.hidden_size),  # every encoder's options have it (registry)
         train=samples,
         cache_dir=resolved.data.resolved_cache_dir(),
         data_key=key,

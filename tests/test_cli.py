@@ -34,11 +34,11 @@ def test_unknown_augmenter_exit_2_lists_names(capsys):
 
 def test_dry_run_prints_resolved_config(capsys):
     code, out, _ = run(capsys, "train", "--augmenter", "aclsrec", "--without", "boundary",
-                       "--set", "loss.tau=0.2", "--dry-run")
+                       "--set", "loss.cl.tau=0.2", "--dry-run")
     assert code == 0
     cfg = yaml.safe_load(out)
     assert cfg["augmenter"] == "aclsrec" and cfg["terms"] == ["cl", "align"]
-    assert cfg["loss"]["tau"] == 0.2 and "boundary" not in cfg["loss"]
+    assert cfg["loss"]["cl"]["tau"] == cfg["loss"]["align"]["tau"] == 0.2 and "boundary" not in cfg["loss"]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from seqcl.config import parse_assignment, read_yaml, resolve
-from seqcl.errors import ConfigError
+from seqcl.errors import ConfigError, SeqclError
 from seqcl.plugins import load_plugins
 
 
@@ -26,7 +26,8 @@ def test_augmenter_supplies_term_defaults_and_tau(registry):
     assert r.tree["loss"]["cl"]["weight"] == 0.1
     assert r.tree["loss"]["align"]["weight"] == 1.0
     assert r.tree["loss"]["boundary"]["weight"] == 0.005
-    assert r.loss.tau == 0.1
+    assert r.term_options["cl"].tau == r.term_options["align"].tau == 0.1
+    assert r.objective == "ce" and r.tree["ce"] == {"include_pad_logit": False}
     assert r.tree["aclsrec"]["mlp_depth"] == 2
 
 
@@ -54,14 +55,16 @@ def test_without_and_with(registry):
         ("train.lr=-1", "train.lr must be > 0, got -1.0"),
         ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
         ("train.epochs=1.5", "train.epochs must be an integer"),
-        ("loss.main=foo", "loss.main must be one of 'ce', 'sampled', 'bce', got 'foo'"),
+        ("objective=foo", "unknown objective 'foo'"),
+        ("loss.main=sampled", "loss.main is gone: the main objective is a plugin now: objective=NAME"),
+        ("loss.negatives=3", "loss.negatives is gone: sampled.negatives"),
         ("eval.exclude_history=maybe", "eval.exclude_history must be true or false"),
         ("train=3", "train is a section"),
-        ("loss.tau=0", "loss.tau must be > 0"),
+        ("loss.tau=0.2", "loss.tau is gone: .*loss.cl.tau, loss.align.tau"),
     ],
 )
 def test_bad_values_name_key_and_value(registry, assignment, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SeqclError, match=message):
         resolve(registry, overrides=[parse_assignment(assignment)])
 
 
@@ -176,8 +179,15 @@ def test_term_check_is_generic_contract():
     class Undeclared(Augmenter):  # sets its pairs in __init__ only: nothing to check before building
         default_terms = {"picky": {}}
 
+    from seqcl.interfaces import Objective
+
+    @dataclass
+    class EncoderOpts:
+        hidden_size: int = 8
+
     reg = Registry()
-    reg.add("encoder", "p", "sasrec", object, "", options=None)
+    reg.add("encoder", "p", "sasrec", object, "", options=EncoderOpts)
+    reg.add("objective", "p", "ce", Objective, "")
     reg.add("augmenter", "p", "declared", Declared, "")
     reg.add("augmenter", "p", "undeclared", Undeclared, "")
     reg.add("loss_term", "p", "picky", Picky, "", options=Opts)
@@ -196,3 +206,20 @@ def test_dataset_checked_at_resolve(registry, tmp_path):
     (tmp_path / "seq.txt").write_text("1 2 3 4 5\n")
     assert resolve(registry, overrides=[("dataset", str(tmp_path / "seq.txt"))]).dataset.endswith("seq.txt")
     assert resolve(registry, overrides=[("dataset", "builtin:7")]).dataset == "builtin:7"
+
+
+def test_tau_is_owned_by_each_term_and_tied_under_aclsrec(registry):
+    def taus(*overrides, file_config=None):
+        r = resolve(registry, file_config, [("augmenter", "aclsrec"), *map(parse_assignment, overrides)])
+        return r.term_options["cl"].tau, r.term_options["align"].tau
+
+    assert taus() == (0.1, 0.1)
+    assert taus("loss.cl.tau=0.3") == (0.3, 0.3)  # tied: one flag moves both
+    assert taus("loss.align.tau=0.5") == (0.5, 0.5)
+    assert taus("loss.cl.tau=0.3", "loss.align.tau=0.5") == (0.3, 0.5)  # set apart: untied
+    saved = resolve(registry, overrides=[("augmenter", "aclsrec")]).tree  # a config.yaml lists both
+    assert taus("loss.cl.tau=0.2", file_config=saved) == (0.2, 0.2)
+    crop = resolve(registry, overrides=[("augmenter", "crop")])
+    assert crop.term_options["cl"].tau == 1.0  # CL4SRec's own default
+    with pytest.raises(ConfigError, match="loss.cl.tau must be > 0, got 0.0"):
+        taus("loss.cl.tau=0")

@@ -46,7 +46,7 @@ def loss_and_grads(model, batch, r, layout, dtype=torch.float32):
     for p in model.parameters():
         p.grad = None
     torch.manual_seed(0)
-    out = training_step(model, batch, r, torch.Generator().manual_seed(0))
+    out = training_step(model, batch)
     out.total.backward()
     return out.total.detach(), {n: p.grad.clone() for n, p in _named(model) if p.grad is not None}
 
@@ -96,7 +96,7 @@ def test_sequence_scope_runs_on_the_padded_layout(plugins, tmp_path, tiny_file):
     assert model.encoder.dense_layout and not model.encoder.packs(torch.ones(2, 3, dtype=torch.long))
     batch = fixed_batch(data, model, size=16)
     assert batch.items.shape[1] == model.max_len
-    out = training_step(model, batch, r, None)
+    out = training_step(model, batch)
     assert torch.isfinite(out.total)
 
 
@@ -116,7 +116,7 @@ def test_fused_adam_matches_for_loop_adam(plugins, tmp_path, tiny_file):
     batch = fixed_batch(data, model)
     for _ in range(2):
         fused.zero_grad(set_to_none=True)
-        training_step(model, batch, r, None).total.backward()
+        training_step(model, batch).total.backward()
         for a, b in zip(model.parameters(), twin.parameters()):
             b.grad = None if a.grad is None else a.grad.clone()
         fused.step()

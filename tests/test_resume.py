@@ -162,7 +162,7 @@ def test_checkpoint_contents(plugins, tmp_path, tiny_file):
     assert set(ckpt["rng"]) == {"torch", "cuda", "trainer"}
     assert {"best_score", "best_epoch", "bad_epochs"} <= set(ckpt["fit"])
     assert ckpt["optimizer"]["state"]  # Adam moments
-    assert set(ckpt["model"]) == {"encoder", "augmenter"}
+    assert set(ckpt["model"]) == {"encoder", "augmenter", "objective"}
 
 
 def test_best_pt_written_when_validation_improves(plugins, tmp_path, tiny_file):
@@ -262,8 +262,8 @@ def test_nan_in_epoch_2_names_term_and_step_keeps_epoch_1(plugins, tmp_path, tin
     calls = {"n": 0}
     steps_per_epoch = None
 
-    def poisoned(model, batch, resolved, generator):
-        out = real(model, batch, resolved, generator)
+    def poisoned(model, batch):
+        out = real(model, batch)
         calls["n"] += 1
         if calls["n"] == steps_per_epoch + 3:  # epoch 2, step 3
             out.parts["cl"] = torch.tensor(float("nan"))
@@ -290,7 +290,7 @@ def test_nan_in_epoch_2_names_term_and_step_keeps_epoch_1(plugins, tmp_path, tin
 
 def test_divergence_warning(plugins, tmp_path, tiny_file):
     lines: list[str] = []
-    r = config(plugins, tmp_path, "train.epochs=2", "loss.tau=1e-4", augmenter="random", dataset=tiny_file)
+    r = config(plugins, tmp_path, "train.epochs=2", "loss.cl.tau=1e-4", augmenter="random", dataset=tiny_file)
     train(r, plugins, log=lines.append)
     warnings = [x for x in lines if x.startswith("warning:")]
     assert any("dominates training" in x and "cl" in x for x in warnings), lines
@@ -371,12 +371,14 @@ def test_run_dir_create_race(tmp_path):
 
 
 class BadViews(Augmenter):
+    """Returns view ``b`` in a wrong shape (one subclass per shape)."""
+
     default_terms = {"cl": {"weight": 0.1}}
     pairs = [("a", "b")]
+    shape = ""
 
-    def __init__(self, shape: str) -> None:
+    def __init__(self, options, ctx) -> None:
         super().__init__()
-        self.shape = shape
 
     def forward(self, batch, encoder, h_in, hidden):
         from seqcl.interfaces import Views
@@ -390,7 +392,7 @@ class BadViewsPlugin:
     @hookimpl
     def register_augmenters(self, register):
         for shape in ("wide", "short", "3d", "transposed"):
-            register(f"bad_{shape}", lambda options, ctx, s=shape: BadViews(s), "test: wrong view shape")
+            register(f"bad_{shape}", type(f"Bad_{shape}", (BadViews,), {"shape": shape}), "test: wrong view shape")
 
 
 @pytest.mark.parametrize("shape", ["wide", "short", "3d", "transposed"])
@@ -399,7 +401,7 @@ def test_views_contract_checked(tmp_path, tiny_file, shape):
 
     plugins = load_plugins(extra_objects=(BadViewsPlugin(),))
     r = config(plugins, tmp_path, "train.epochs=1", "data.max_len=16", "sasrec.hidden_size=16",
-               augmenter=f"bad_{shape}", dataset=tiny_file, with_terms=["cl"])
+               augmenter=f"bad_{shape}", dataset=tiny_file)
     with pytest.raises(PluginError, match=rf"augmenter .bad_{shape}' \(plugin .*\): view 'b' has shape"):
         train(r, plugins, log=quiet)
 

@@ -83,7 +83,7 @@ def test_terms_logged_weight_zero_not_added(plugins, tmp_path, tiny_file):
     batch = next(iterate_batches(training_samples(data), 32, 20, torch.Generator().manual_seed(0),
                                  torch.device("cpu")))
     torch.manual_seed(0)
-    out = training_step(model, batch, r, None)
+    out = training_step(model, batch)
     assert set(out.parts) == {"main", "cl", "align", "boundary"}
     assert torch.equal(out.total.detach(), out.parts["main"])
     assert all(torch.isfinite(v) for v in out.parts.values())
@@ -94,7 +94,7 @@ def test_batch_of_one_skips_negative_terms(plugins, tmp_path, tiny_file):
     data, key, model = prepare(r, plugins)
     batch = next(iterate_batches(training_samples(data), 1, 20, torch.Generator().manual_seed(0),
                                  torch.device("cpu")))
-    out = training_step(model, batch, r, None)
+    out = training_step(model, batch)
     assert set(out.skipped) == {"cl", "boundary"}
     assert out.parts["cl"] == 0 and out.parts["boundary"] == 0 and torch.isfinite(out.total)
 
@@ -115,7 +115,7 @@ def test_trimmed_step_equals_full_width_step(plugins, tmp_path, tiny_file, augme
     for b in (batch, trimmed):
         for p in model.parameters():
             p.grad = None
-        out = training_step(model, b, r, None)
+        out = training_step(model, b)
         out.total.backward()
         results.append((out.total.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (l1, g1), (l2, g2) = results
@@ -125,7 +125,8 @@ def test_trimmed_step_equals_full_width_step(plugins, tmp_path, tiny_file, augme
 
 def test_sampled_and_bce_main_losses_train(plugins, tmp_path, tiny_file):
     for main in ("sampled", "bce"):
-        r = config(plugins, tmp_path, "train.epochs=1", f"loss.main={main}", "loss.negatives=3",
+        extra = ("sampled.negatives=3",) if main == "sampled" else ()
+        r = config(plugins, tmp_path, "train.epochs=1", f"objective={main}", *extra,
                    augmenter="aclsrec", dataset=tiny_file)
         res = train(r, plugins, log=lambda m: None)
         assert 0 <= res.test["hr@10"] <= 1

@@ -60,8 +60,9 @@ class MLP(nn.Module):
 class ACLSRecAugmenter(Augmenter):
     """Views ``o``, ``p``, ``pr``, ``op``; pairs (o, pr) and (p, op)."""
 
-    default_terms = {"cl": {"weight": 0.1}, "align": {"weight": 1.0}, "boundary": {"weight": 0.005}}
-    default_tau = 0.1
+    default_terms = {"cl": {"weight": 0.1, "tau": 0.1}, "align": {"weight": 1.0, "tau": 0.1},
+                     "boundary": {"weight": 0.005}}
+    tied_options = [("loss.cl.tau", "loss.align.tau")]  # SPEC §6: one τ for L_cl and L_align
     pairs = [("o", "pr"), ("p", "op")]
 
     def __init__(self, options: ACLSRecOptions, ctx: BuildContext) -> None:

@@ -85,8 +85,7 @@ class RandomOptions:
 class CL4SRecAugmenter(OwnsGenerators, Augmenter):
     """Base: views ``v1``, ``v2`` = encode(augment(items)); pair (v1, v2). Subclasses pick the operator."""
 
-    default_terms = {"cl": {"weight": 0.1}}  # dot product is the cl term's default
-    default_tau = 1.0
+    default_terms = {"cl": {"weight": 0.1, "tau": 1.0}}  # dot product is the cl term's default
     pairs = [("v1", "v2")]
     uses_mask = False  # True: the augmenter may emit the mask token
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from seqcl import losses
+from . import formulas
 from seqcl.errors import ConfigError
 from seqcl.hookspecs import hookimpl
 from seqcl.interfaces import Batch, BuildContext, Views
@@ -24,6 +24,11 @@ from seqcl.registry import AugmenterInfo
 def _check_weight(name: str, weight: float) -> None:
     if weight < 0:
         raise ConfigError(f"loss.{name}.weight must be >= 0, got {weight}")
+
+
+def _check_tau(name: str, tau: float) -> None:
+    if not tau > 0:
+        raise ConfigError(f"loss.{name}.tau must be > 0, got {tau}")
 
 
 def _require_pairs(term: str, augmenter: str, pairs: list[tuple[str, str]], exactly: int | None = None) -> None:
@@ -59,14 +64,16 @@ def _zero_like(views: Views) -> Tensor:
 
 @dataclass
 class ContrastiveOptions:
-    """``cl``: Σ over view pairs of NT-Xent (default) or one-sided InfoNCE; τ is ``loss.tau``."""
+    """``cl``: Σ over view pairs of NT-Xent (default) or one-sided InfoNCE at temperature ``tau``."""
 
     weight: float = 0.1
+    tau: float = 1.0
     sim: Literal["dot", "cos"] = "dot"
     kind: Literal["nt_xent", "info_nce"] = "nt_xent"
 
     def validate(self) -> None:
         _check_weight("cl", self.weight)
+        _check_tau("cl", self.tau)
 
 
 class ContrastiveTerm(_PairTerm):
@@ -77,22 +84,24 @@ class ContrastiveTerm(_PairTerm):
 
     def __init__(self, options: ContrastiveOptions, ctx: BuildContext) -> None:
         self._check_built(ctx)
-        self.options, self.tau = options, ctx.tau
+        self.options = options
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
         o = self.options
-        values = [losses.contrastive(a, b, self.tau, sim=o.sim, kind=o.kind) for a, b in views.pair_tensors()]
+        values = [formulas.contrastive(a, b, o.tau, sim=o.sim, kind=o.kind) for a, b in views.pair_tensors()]
         return torch.stack(values).sum() if values else _zero_like(views)
 
 
 @dataclass
 class AlignOptions:
-    """``align``: (d(o, pr) − d(p, op))², d = (1 − cos)/τ, with the shared ``loss.tau``."""
+    """``align``: (d(o, pr) − d(p, op))², d = (1 − cos)/τ with τ = ``tau``."""
 
     weight: float = 1.0
+    tau: float = 1.0
 
     def validate(self) -> None:
         _check_weight("align", self.weight)
+        _check_tau("align", self.tau)
 
 
 class AlignTerm(_PairTerm):
@@ -103,11 +112,11 @@ class AlignTerm(_PairTerm):
 
     def __init__(self, options: AlignOptions, ctx: BuildContext) -> None:
         self._check_built(ctx)
-        self.tau = ctx.tau
+        self.tau = options.tau
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
         (o, pr), (p, op) = views.pair_tensors()
-        return losses.alignment(o, pr, p, op, self.tau)
+        return formulas.alignment(o, pr, p, op, self.tau)
 
 
 @dataclass
@@ -136,7 +145,7 @@ class BoundaryTerm(_PairTerm):
     def __call__(self, views: Views, batch: Batch) -> Tensor:
         o = self.options
         values = [
-            losses.dynamic_boundary(a, b, sim=o.sim, detach_bounds=o.detach_bounds, per_anchor=o.per_anchor)
+            formulas.dynamic_boundary(a, b, sim=o.sim, detach_bounds=o.detach_bounds, per_anchor=o.per_anchor)
             for a, b in views.pair_tensors()
         ]
         return torch.stack(values).sum() if values else _zero_like(views)

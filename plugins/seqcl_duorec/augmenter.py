@@ -56,8 +56,7 @@ def _trim(items: Tensor) -> Tensor:
 class DuoRecAugmenter(OwnsGenerators, Augmenter):
     """Views ``h``, ``h_prime``, ``h_sem`` (those the mode needs); one pair."""
 
-    default_terms = {"cl": {"weight": 0.1}}  # dot product is the cl term's default
-    default_tau = 1.0
+    default_terms = {"cl": {"weight": 0.1, "tau": 1.0}}  # dot product is the cl term's default
 
     @classmethod
     def pairs_for(cls, options: DuoRecOptions | None) -> list[tuple[str, str]]:

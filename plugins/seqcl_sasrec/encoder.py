@@ -24,7 +24,7 @@ The packed layout needs the row lengths on the host; on CUDA that would be a
 device sync per call, so ``layout: auto`` packs on CPU and keeps the padded layout
 (one SDPA kernel per layer) on other devices. An augmenter that reads every
 slot of ``H_in``/``H`` — ACLSRec's ``sequence`` scope, whose MLP mixes slots —
-sets ``full_width``, and the core then turns packing off (``dense_layout``).
+sets ``full_width``, and the core then turns packing off (``request_full_width``).
 """
 
 from __future__ import annotations
@@ -368,8 +368,9 @@ class TransformerBlock(nn.Module):
 class SASRec(Encoder):
     """Self-attentive sequential encoder; ``h = H^L[T-1]`` is the user representation.
 
-    ``dense_layout`` (set by the core for an augmenter with ``full_width``)
-    forces the padded layout, whose inactive slots hold the reference values.
+    ``dense_layout`` (set through :meth:`request_full_width` when the augmenter
+    reads every slot) forces the padded layout, whose inactive slots hold the
+    reference values.
     """
 
     def __init__(self, opt: SASRecOptions, ctx: BuildContext) -> None:
@@ -397,6 +398,9 @@ class SASRec(Encoder):
                 nn.init.zeros_(module.bias)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+
+    def request_full_width(self) -> None:
+        self.dense_layout = True  # packing would leave padding slots of H unset
 
     # -------------------------------------------------------------- layout
 

@@ -127,15 +127,15 @@ def test_ablation_rows_are_one_command_line(capsys, args, terms):
     assert main(["train", "--augmenter", "aclsrec", *args, "--dry-run"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["terms"] == terms
-    assert cfg["loss"]["tau"] == 0.1
+    assert all(cfg["loss"][t]["tau"] == 0.1 for t in ("cl", "align") if t in cfg["loss"])
 
 
 def test_options_from_command_line(capsys):
     import yaml
 
     assert main(["train", "--augmenter", "aclsrec", "--set", "aclsrec.mlp_depth=3", "--set", "aclsrec.scope=sequence",
-                 "--set", "loss.tau=0.2", "--set", "loss.cl.sim=cos", "--dry-run"]) == 0
+                 "--set", "loss.cl.tau=0.2", "--set", "loss.cl.sim=cos", "--dry-run"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["aclsrec"]["mlp_depth"] == 3 and cfg["aclsrec"]["scope"] == "sequence"
-    assert cfg["loss"]["tau"] == 0.2 and cfg["loss"]["cl"]["sim"] == "cos"
+    assert cfg["loss"]["cl"]["tau"] == cfg["loss"]["align"]["tau"] == 0.2 and cfg["loss"]["cl"]["sim"] == "cos"
     assert main(["train", "--augmenter", "aclsrec", "--set", "aclsrec.scope=global", "--dry-run"]) == 2

@@ -22,7 +22,7 @@ def test_crop_with_boundary_resolves_with_cl4srec_defaults(tmp_path, capsys):
     assert main(["train", "--augmenter", "crop", "--with", "boundary", "--dry-run", *_tiny(tmp_path)]) == 0
     tree = yaml.safe_load(capsys.readouterr().out)
     assert tree["terms"] == ["cl", "boundary"]
-    assert tree["loss"]["tau"] == 1.0 and tree["loss"]["cl"]["weight"] == 0.1 and tree["loss"]["cl"]["sim"] == "dot"
+    assert tree["loss"]["cl"]["tau"] == 1.0 and tree["loss"]["cl"]["weight"] == 0.1 and tree["loss"]["cl"]["sim"] == "dot"
     assert tree["crop"] == {"crop_ratio": 0.6}
 
 
@@ -35,11 +35,11 @@ def test_crop_with_boundary_trains_a_step():
     data = SequenceData(torch.randint(1, 30, (int(lengths.sum()),), generator=g),
                         torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)]), 30)
     samples = training_samples(data)
-    ctx = BuildContext(num_items=30, max_len=10, hidden_size=8, tau=resolved.loss.tau, train=samples)
+    ctx = BuildContext(num_items=30, max_len=10, hidden_size=8, train=samples)
     model = build_model(resolved, registry, ctx)
     ids = torch.arange(len(samples))[:32]
     batch = Batch(trim_padding(samples.windows(ids, 10)), samples.targets[ids], ids)
-    out = training_step(model, batch, resolved, g)
+    out = training_step(model, batch)
     assert set(out.parts) == {"main", "cl", "boundary"}
     assert out.parts["boundary"] > 0  # R on (v1, v2), read as printed
     out.total.backward()

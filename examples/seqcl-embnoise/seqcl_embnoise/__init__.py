@@ -17,8 +17,7 @@ class EmbNoiseOptions:
 class EmbNoiseAugmenter(Augmenter):
     """Views ``n1``, ``n2`` = contextualize(H_in + scale·ε, items), ε ~ N(0, I); pair (n1, n2)."""
 
-    default_terms = {"cl": {"weight": 0.1, "sim": "cos"}}  # the core's generic NT-Xent term
-    default_tau = 0.2
+    default_terms = {"cl": {"weight": 0.1, "sim": "cos", "tau": 0.2}}  # the generic NT-Xent term
     pairs = [("n1", "n2")]
 
     def __init__(self, options, context):

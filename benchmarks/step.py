@@ -81,14 +81,18 @@ def _plain_scatter(x, index, rows):
 def patched(arm: Arm):
     """Switch an optimisation off for the duration of one arm's steps."""
     import seqcl_sasrec.encoder as enc_mod
+    import seqcl_sasrec.packing as pack_mod
 
-    saved = enc_mod.gather_rows, enc_mod.scatter_rows
+    mods = (enc_mod, pack_mod)  # the packed layout's row moves, and the model's last-token gather
+    saved = [(m.gather_rows, m.scatter_rows) for m in mods]
     if arm.index_select_backward:
-        enc_mod.gather_rows, enc_mod.scatter_rows = _plain_gather, _plain_scatter
+        for m in mods:
+            m.gather_rows, m.scatter_rows = _plain_gather, _plain_scatter
     try:
         yield
     finally:
-        enc_mod.gather_rows, enc_mod.scatter_rows = saved
+        for m, (gather, scatter) in zip(mods, saved):
+            m.gather_rows, m.scatter_rows = gather, scatter
 
 
 class Runner:

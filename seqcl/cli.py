@@ -1,5 +1,9 @@
 """The ``seqcl`` command line: ``train``, ``plugins``, ``data stats`` (+ plugin commands).
 
+Plugins add commands through ``register_commands`` (``seqcl study`` and
+``seqcl compare`` come from the shipped ``study`` plugin); a plugin command
+that needs the registry calls :func:`load`, which shares this command's discovery.
+
 User mistakes (``SeqclError``) print one line and exit with code 2; ``--debug``
 shows the traceback instead.
 """
@@ -12,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from seqcl.errors import PluginError, SeqclError
-from seqcl.study.cli import compare as compare_command, study as study_command  # light: imports are lazy
 
 if TYPE_CHECKING:
     from seqcl.plugins import LoadedPlugins
@@ -23,8 +26,12 @@ if TYPE_CHECKING:
 _LOADED: dict[tuple[str, ...], LoadedPlugins] = {}
 
 
-def _load(plugin_modules: tuple[str, ...] = ()) -> LoadedPlugins:
-    """Discover plugins once per command (per set of ``--plugin`` modules); warn about skipped ones once."""
+def load(plugin_modules: tuple[str, ...] = ()) -> LoadedPlugins:
+    """Discover plugins once per command (per set of ``--plugin`` modules); warn about skipped ones once.
+
+    For plugin commands too: ``seqcl.cli.load(plugin_modules)`` gives the registry
+    the command line already discovered instead of discovering again.
+    """
     from seqcl.plugins import load_plugins
 
     key = tuple(plugin_modules)
@@ -34,6 +41,9 @@ def _load(plugin_modules: tuple[str, ...] = ()) -> LoadedPlugins:
             click.echo(f"warning: plugin {problem} (skipped)", err=True)
         _LOADED[key] = loaded
     return _LOADED[key]
+
+
+_load = load  # the former, private name
 
 
 def _plugin_modules(argv: list[str]) -> tuple[str, ...]:
@@ -89,7 +99,7 @@ def train(config_file, dataset, augmenter, encoder, assignments, with_terms, wit
     from seqcl.config import parse_assignment, read_yaml, resolve
     from seqcl.errors import ConfigError
 
-    loaded = _load(tuple(plugin_modules))
+    loaded = load(tuple(plugin_modules))
     if resume_dir is not None:
         given = [flag for flag, value in (("--config", config_file), ("--dataset", dataset),
                                           ("--augmenter", augmenter), ("--encoder", encoder),
@@ -129,7 +139,7 @@ def _print_result(result) -> None:
 @plugin_option
 def list_plugins(plugin_modules) -> None:
     """List every registered component: kind, name, plugin, description; skipped plugins as kind ``broken``."""
-    loaded = _load(tuple(plugin_modules))
+    loaded = load(tuple(plugin_modules))
     rows = [(c.kind, c.name, f"{c.plugin} ({loaded.sources.get(c.plugin, '?')})", c.description)
             for c in loaded.registry.all()]
     rows += [("broken", b.name, f"{b.name} ({b.source})", f"skipped: {b.error}") for b in loaded.broken]
@@ -164,15 +174,11 @@ def data_stats(path: str, assignments: tuple[str, ...]) -> None:
     click.echo(format_stats(describe(data_obj)))
 
 
-cli.add_command(study_command)
-cli.add_command(compare_command)
-
-
 def _add_plugin_commands(plugin_modules: tuple[str, ...] = ()) -> None:
     """Call every plugin's ``register_commands``; one that raises loses its commands and its components."""
     from seqcl.plugins import one_line
 
-    loaded = _load(plugin_modules)
+    loaded = load(plugin_modules)
     for impl in loaded.manager.hook.register_commands.get_hookimpls():
         name = loaded.manager.get_name(impl.plugin)
         before = dict(cli.commands)

@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from seqcl.data.dataset import trim_padding
 from seqcl.errors import ConfigError
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, Views
 from seqcl.rng import DeviceGenerators, OwnsGenerators
@@ -106,7 +107,7 @@ class CL4SRecAugmenter(OwnsGenerators, Augmenter):
         v1, v2 = self.augment(batch.items, self.generator(batch.items.device))
         both = torch.cat([v1, v2])  # (2B, W): one encoder call for both views
         if both.device.type == "cpu":  # cropped views are shorter; trimming is exact (slot positions)
-            both = ops.trim_leading_padding(both)
+            both = trim_padding(both)
         h1, h2 = rearrange(encoder.encode(both), "(two b) d -> two b d", two=2)
         return Views({"v1": h1, "v2": h2}, list(self.pairs))
 

@@ -122,17 +122,3 @@ def apply_operators(items: Tensor, ops: Tensor, generator: torch.Generator, crop
     out = crop(items, crop_ratio, generator)
     out = torch.where((ops == MASK).unsqueeze(1), mask(items, mask_ratio, mask_token, generator), out)
     return torch.where((ops == REORDER).unsqueeze(1), reorder(items, reorder_ratio, generator), out)
-
-
-def trim_leading_padding(items: Tensor) -> Tensor:
-    """Drop leading columns that are 0 in every row (keeps ≥ 1 column). (B, W) → (B, W').
-
-    Unlike counting items per row, this is right for ICLRec's padding mask too
-    (zeros inside a sequence). Exact for encoders that keep slot positions.
-    Needs one host sync, so callers use it on the CPU only.
-    """
-    used = (items != 0).any(dim=0)
-    if not bool(used.any()):
-        return items[:, -1:]
-    first = int(used.to(torch.int8).argmax())
-    return items[:, first:]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqcl.data.dataset import windows
+from seqcl.data.dataset import trim_padding, windows
 from seqcl.errors import ConfigError
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, Views
 from seqcl.rng import DeviceGenerators, OwnsGenerators
@@ -43,14 +43,6 @@ class DuoRecOptions:
     """``mode``: which pair is contrasted — unsupervised (h, h'), supervised (h, h_sem), duorec (h', h_sem)."""
 
     mode: Literal["unsupervised", "supervised", "duorec"] = "duorec"
-
-
-def _trim(items: Tensor) -> Tensor:
-    """Drop all-padding leading columns (exact: slot positions); CPU only, it needs a host sync."""
-    if items.device.type != "cpu":
-        return items
-    width = max(int((items != 0).sum(dim=1).max()), 1) if items.numel() else 1
-    return items[:, items.shape[1] - width:]
 
 
 class DuoRecAugmenter(OwnsGenerators, Augmenter):
@@ -99,9 +91,12 @@ class DuoRecAugmenter(OwnsGenerators, Augmenter):
         if "h_sem" in self.needed:
             other = self.same_target_samples(batch.sample_ids)
             sem = windows(self.flat_items, self.starts[other], self.ends[other], self.max_len)
-            passes.append(("h_sem", _trim(sem.to(batch.items.device))))
+            sem = sem.to(batch.items.device)
+            passes.append(("h_sem", trim_padding(sem) if sem.device.type == "cpu" else sem))
         width = max(x.shape[1] for _, x in passes)
         stacked = torch.cat([F.pad(x, (width - x.shape[1], 0)) for _, x in passes])  # left-pad to one width
-        encoded = encoder.encode(_trim(stacked)).split(batch.size)
+        if stacked.device.type == "cpu":  # trimming is exact (slot positions) but syncs: CPU only
+            stacked = trim_padding(stacked)
+        encoded = encoder.encode(stacked).split(batch.size)
         views.update({name: h for (name, _), h in zip(passes, encoded)})
         return Views(views, list(self.pairs))

@@ -25,6 +25,10 @@ device sync per call, so ``layout: auto`` packs on CPU and keeps the padded layo
 (one SDPA kernel per layer) on other devices. An augmenter that reads every
 slot of ``H_in``/``H`` — ACLSRec's ``sequence`` scope, whose MLP mixes slots —
 sets ``full_width``, and the core then turns packing off (``request_full_width``).
+
+The packed layout and the bucketed attention are :mod:`seqcl_sasrec.packing`;
+the attention kernels both layouts share are :mod:`seqcl_sasrec.attention`
+(their names are re-exported here).
 """
 
 from __future__ import annotations
@@ -40,14 +44,13 @@ from torch import Tensor, nn
 from seqcl.errors import ConfigError
 from seqcl.interfaces import BuildContext, Encoder
 
-#: additive mask for forbidden keys: finite, so a fully masked (padding) query row
-#: gets a finite uniform softmax instead of NaN, and exp() of it underflows to an
-#: exact 0 in every row that has at least one allowed key.
-MASK_VALUE = -1e9
+from .attention import MASK_VALUE, Dropout, additive_mask, attention, dropout
+from .packing import (BUCKET_BOUNDS, Bucket, PackedLayout, gather_rows, packed_attention, packed_last_attention,
+                      packed_layout, scatter_rows)
 
-#: upper bounds of the attention buckets' row lengths (the last bucket takes the rest).
-#: Geometric: a row is at most 2× shorter than its bucket's width.
-BUCKET_BOUNDS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+__all__ = ["MASK_VALUE", "BUCKET_BOUNDS", "Bucket", "Dropout", "PackedLayout", "SASRec", "SASRecOptions",
+           "TransformerBlock", "additive_mask", "attention", "dropout", "gather_rows", "packed_attention",
+           "packed_last_attention", "packed_layout", "scatter_rows"]
 
 
 @dataclass
@@ -82,241 +85,6 @@ class SASRecOptions:
                 raise ConfigError(f"sasrec.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.init_std <= 0:
             raise ConfigError(f"sasrec.init_std must be > 0, got {self.init_std}")
-
-
-def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Inverted dropout from a uniform draw.
-
-    Same distribution as ``F.dropout``, but on CPU ``torch.rand`` + compare is
-    about 2.5× faster than the ``bernoulli_`` kernel ``F.dropout`` uses, and
-    dropout was a third of a SASRec training step's time. On other devices it is
-    ``F.dropout`` (a fused kernel there).
-    """
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
-    keep = (torch.rand_like(x) >= p).to(x.dtype)
-    return x * keep.mul_(1.0 / (1.0 - p))
-
-
-class Dropout(nn.Module):
-    """:func:`dropout` as a module."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training: bool) -> Tensor:
-    """softmax(q kᵀ/√e + mask) v with dropout p on the probabilities; (B, h, T, e) each.
-
-    Without dropout this is ``scaled_dot_product_attention``; with dropout on
-    CPU the explicit form is faster (SDPA falls back to its math path and draws
-    the mask with ``bernoulli_``). Off CPU, SDPA with ``dropout_p``.
-    """
-    if not training or p == 0.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5) + mask
-    return torch.matmul(dropout(torch.softmax(scores, dim=-1), p, True), v)
-
-
-def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """bool → 0 where allowed, :data:`MASK_VALUE` elsewhere, in ``dtype``."""
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed, zero, torch.full((), MASK_VALUE, dtype=dtype, device=allowed.device))
-
-
-# ------------------------------------------------------------------ packed layout
-
-
-class _Gather(torch.autograd.Function):
-    """``x[index]`` (rows) for an injective ``index``; backward: zeros + ``index_copy_``.
-
-    ``index_select``'s own backward is an ``index_add`` (a scatter-add, serial on
-    CPU, a sixth of the step); with no repeated index a plain copy does."""
-
-    @staticmethod
-    def forward(ctx, x, index):  # type: ignore[override]
-        ctx.save_for_backward(index)
-        ctx.rows = x.shape[0]
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        return g.new_zeros((ctx.rows, *g.shape[1:])).index_copy_(0, index, g), None
-
-
-class _Scatter(torch.autograd.Function):
-    """Rows of ``x`` placed at ``index`` in ``rows`` zero rows; backward: a gather."""
-
-    @staticmethod
-    def forward(ctx, x, index, rows):  # type: ignore[override]
-        ctx.save_for_backward(index)
-        return x.new_zeros((rows, *x.shape[1:])).index_copy_(0, index, x)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        return g.index_select(0, index), None, None
-
-
-def gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x[index]`` along dim 0; ``index`` must not repeat (packing, permuting)."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Gather.apply(x, index)
-    return x.index_select(0, index)
-
-
-def scatter_rows(x: Tensor, index: Tensor, rows: int) -> Tensor:
-    """``rows`` rows of zeros with row ``index[i]`` = ``x[i]``; ``index`` must not repeat."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Scatter.apply(x, index, rows)
-    return x.new_zeros((rows, *x.shape[1:])).index_copy_(0, index, x)
-
-
-@dataclass
-class Bucket:
-    """``b`` consecutive rows of the sorted batch, of similar length, laid out (b, w) for
-    attention, ``w`` the longest of them (shorter rows left-padded).
-
-    ``offset``: where the bucket's b·w rows start in the bucket layout.
-    ``mask``: (b, 1, w, w) additive: causal, padding masked as keys.
-    """
-
-    b: int
-    w: int
-    offset: int
-    mask: Tensor
-
-
-@dataclass
-class PackedLayout:
-    """Where the active tokens of a (B, W) window sit in the packed (n, d) tensors.
-
-    Packed order: rows sorted by active length, each row's active tokens in slot
-    order. Row maps (each injective, so both directions are a copy):
-
-    * ``index`` (n,): packed token → flat window position ``row·W + column``;
-    * ``from_buckets`` (n,): packed token → its row in the bucket layout
-      (M = Σ b·w rows; the other rows are the leading padding of shorter rows);
-    * ``last`` (B,): packed position of each sorted row's last token;
-    * ``rows`` (B,): the original row of each sorted row; ``inverse`` (B,): the
-      sorted position of each original row.
-    """
-
-    shape: tuple[int, int]
-    index: Tensor
-    from_buckets: Tensor
-    bucket_rows: int
-    last: Tensor
-    rows: Tensor
-    inverse: Tensor
-    buckets: list[Bucket]
-
-    @property
-    def n(self) -> int:
-        return int(self.index.numel())
-
-    def pack(self, dense: Tensor) -> Tensor:
-        """(B, W, d) → (n, d), the active tokens in packed order."""
-        return gather_rows(dense.reshape(-1, dense.shape[-1]), self.index)
-
-    def scatter(self, x: Tensor) -> Tensor:
-        """(n, d) → (B, W, d); inactive slots 0."""
-        b, w = self.shape
-        return scatter_rows(x, self.index, b * w).view(b, w, x.shape[-1])
-
-    def to_buckets(self, x: Tensor) -> Tensor:
-        """(n, k) → (M, k), the bucket layout; padding rows 0."""
-        return scatter_rows(x, self.from_buckets, self.bucket_rows)
-
-    def from_bucket_layout(self, y: Tensor) -> Tensor:
-        """(M, k) → (n, k)."""
-        return gather_rows(y, self.from_buckets)
-
-    def unsort(self, x: Tensor) -> Tensor:
-        """(B, d) in sorted row order → original row order."""
-        return gather_rows(x, self.inverse)
-
-
-def packed_layout(items: Tensor, dtype: torch.dtype = torch.float32,
-                  bounds: tuple[int, ...] = BUCKET_BOUNDS) -> PackedLayout:
-    """The packed layout of ``items`` (B, W), computed on the CPU (vectorised: a few
-    small kernels, plus a few per bucket) and moved to ``items``' device.
-
-    A row's active tokens are its slots from its first real item on (for left
-    padding: its real items; ICLRec-style interior padding stays active, as its
-    query still sees earlier items). A row with no real item keeps its last slot,
-    so every row has a last token (its output is then that of a fully masked
-    query — finite, and meaningless in either layout).
-    """
-    b_all, w_all = items.shape
-    cpu = items.detach().to("cpu")
-    real = cpu > 0
-    active = real.cummax(dim=1).values
-    active[:, -1] = True
-    lengths = active.sum(dim=1)
-    rows = torch.argsort(lengths, stable=True)
-    sorted_len = lengths[rows]
-    inverse = torch.empty_like(rows)
-    inverse[rows] = torch.arange(b_all)
-    n = int(sorted_len.sum())
-    first = torch.cumsum(sorted_len, 0) - sorted_len  # packed position of each sorted row's first token
-    row_of = torch.repeat_interleave(torch.arange(b_all), sorted_len, output_size=n)
-    index = rows[row_of] * w_all + (w_all - sorted_len[row_of]) + torch.arange(n) - first[row_of]
-    last = first + sorted_len - 1
-
-    # buckets: contiguous ranges of the sorted rows, cut where the bucket id changes;
-    # each is laid out (b, w) with w its longest row, shorter rows left-padded
-    bucket_id = torch.bucketize(sorted_len, torch.tensor(bounds, dtype=sorted_len.dtype))
-    cuts = (torch.nonzero(bucket_id[1:] != bucket_id[:-1]).view(-1) + 1).tolist()
-    edges = [0, *cuts, b_all]
-    widths = sorted_len[torch.tensor(edges[1:]) - 1].tolist()
-    row_width = torch.repeat_interleave(torch.tensor(widths), torch.tensor(edges[1:]) - torch.tensor(edges[:-1]))
-    row_start = torch.cumsum(row_width, 0) - row_width  # bucket-layout offset of each sorted row
-    # a row's tokens are the last sorted_len of its row_width columns in the bucket layout
-    from_buckets = (row_start + row_width - sorted_len)[row_of] + torch.arange(n) - first[row_of]
-
-    dev = items.device
-    buckets = []
-    for r0, r1, w in zip(edges[:-1], edges[1:], widths):
-        keys = real[rows[r0:r1], w_all - w:]  # (b, w): which columns hold real items
-        allowed = torch.ones(w, w, dtype=torch.bool).tril() & keys.unsqueeze(1)
-        buckets.append(Bucket(b=r1 - r0, w=w, offset=int(row_start[r0]),
-                              mask=additive_mask(allowed.to(dev), dtype).unsqueeze(1)))
-    to = lambda t: t.to(dev)  # noqa: E731
-    return PackedLayout((b_all, w_all), to(index), to(from_buckets), int(row_width.sum()), to(last), to(rows),
-                        to(inverse), buckets)
-
-
-def packed_attention(qkv: Tensor, layout: PackedLayout, heads: int, p: float, training: bool) -> Tensor:
-    """Self-attention of the packed tokens, bucket by bucket: qkv (n, 3d) → (n, d)."""
-    t = layout.to_buckets(qkv)  # (M, 3d)
-    out = []
-    for bk in layout.buckets:
-        part = t[bk.offset:bk.offset + bk.b * bk.w]
-        q, k, v = rearrange(part, "(b w) (three h e) -> three b h w e", b=bk.b, three=3, h=heads)
-        out.append(rearrange(attention(q, k, v, bk.mask, p, training), "b h w e -> (b w) (h e)"))
-    return layout.from_bucket_layout(torch.cat(out) if len(out) > 1 else out[0])
-
-
-def packed_last_attention(qkv: Tensor, layout: PackedLayout, heads: int, p: float, training: bool) -> Tensor:
-    """Attention output of each row's **last** token only: qkv (n, 3d) → (B, d), sorted rows."""
-    t = layout.to_buckets(qkv)
-    out = []
-    for bk in layout.buckets:
-        part = t[bk.offset:bk.offset + bk.b * bk.w]
-        q, k, v = rearrange(part, "(b w) (three h e) -> three b h w e", b=bk.b, three=3, h=heads)
-        a = attention(q[:, :, -1:], k, v, bk.mask[:, :, -1:], p, training)  # the last query row only
-        out.append(rearrange(a, "b h 1 e -> b (h e)"))
-    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def _version(t: Tensor) -> int | None:
@@ -479,7 +247,6 @@ class SASRec(Encoder):
         for block in self.blocks:
             x = block(x, mask)
         return x
-
 
     def item_table(self) -> Tensor:
         return self.item_embedding.weight

@@ -72,13 +72,27 @@ def windows(flat: Tensor, starts: Tensor, ends: Tensor, max_len: int) -> Tensor:
 
 
 def trim_padding(items: Tensor) -> Tensor:
-    """Drop leading columns that are padding in every row: (B, T) → (B, W), W = longest row.
+    """Drop the leading columns that are padding (0) in every row: (B, W) → (B, W'), a view.
 
-    Exact for encoders that keep slot position ids (SASRec does): padded keys
-    are masked, so removing all-padding columns changes no real output.
+    The one trimming helper of seqcl. Contract: ``W' = W − k``, ``k`` the number
+    of leading columns that are 0 in every row, but ``W' ≥ 1`` (a batch of empty
+    rows keeps its last column; a (B, 0) tensor comes back as is). Column ``j``
+    of the result is column ``k + j`` of the input; nothing else changes, so any
+    padding pattern survives: for left-padded rows ``W'`` is the longest row,
+    and ICLRec-style padding inside a sequence (CL4SRec's ``mask`` with
+    ``mask_with=padding``) is never cut.
+
+    Exact for an encoder that keeps slot position ids (SASRec's ``slot`` and
+    ``from_oldest`` positions both do): padding slots are masked as keys, so
+    dropping columns that are padding in every row changes no real slot's
+    output. One host sync (the width): the core trims batches on the CPU before
+    copying them to the device, and augmenters trim only CPU tensors.
     """
-    width = int((items > 0).sum(dim=1).max()) if items.numel() else 0
-    return items[:, items.shape[1] - max(width, 1):]
+    if items.shape[1] == 0:
+        return items
+    used = (items != 0).any(dim=0)  # (W,): some row has a real (or mask) item in the column
+    first = torch.where(used.any(), used.to(torch.int8).argmax(), used.numel() - 1)  # first used column
+    return items[:, int(first):]
 
 
 def training_samples(data: SequenceData) -> TrainSamples:

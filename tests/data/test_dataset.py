@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from seqcl.data.dataset import SequenceData, eval_set, training_samples, windows
+from seqcl.data.dataset import SequenceData, eval_set, training_samples, trim_padding, windows
 from seqcl.data.loading import describe, format_stats, load_data
 from seqcl.data.options import DataOptions
 
@@ -96,3 +98,31 @@ def test_beauty_stats(beauty: SequenceData) -> None:
     assert d["avg_len"] == pytest.approx(8.876, abs=1e-3)
     assert format_stats(d) == "users 22363 | items 12101 | actions 198502 | avg.len 8.9 | density 0.07%"
     assert format_stats(beauty) == format_stats(d)
+
+
+def brute_trim(rows: list[list[int]], width: int) -> list[list[int]]:
+    """Per definition: drop leading columns while every row has 0 there, keeping at least one column."""
+    first = 0
+    while first < width - 1 and all(row[first] == 0 for row in rows):
+        first += 1
+    return [row[first:] for row in rows]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 6).flatmap(lambda w: st.lists(st.lists(
+    st.integers(0, 4).map(lambda v: 0 if v < 2 else v), min_size=w, max_size=w), min_size=1, max_size=5)
+    .map(lambda rows: (rows, w))))
+def test_trim_padding_matches_brute_force(case):
+    """Any padding pattern (left, interior as ICLRec's mask, empty rows) and width, including 0 and 1."""
+    rows, width = case
+    items = torch.tensor(rows, dtype=torch.long).view(len(rows), width)
+    got = trim_padding(items)
+    assert got.tolist() == brute_trim(rows, width)
+    assert got.shape[1] >= min(width, 1) and got.data_ptr() == items[:, items.shape[1] - got.shape[1]:].data_ptr()
+
+
+def test_trim_padding_of_left_padded_windows_is_the_longest_row():
+    items = torch.tensor([[0, 0, 0, 4, 5], [0, 0, 1, 0, 3], [0, 0, 0, 0, 0]])  # row 1: padding inside
+    assert trim_padding(items).tolist() == [[0, 4, 5], [1, 0, 3], [0, 0, 0]]
+    assert trim_padding(torch.zeros(3, 4, dtype=torch.long)).shape == (3, 1)
+    assert trim_padding(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "studies"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "studies"
 
 #: A tiny model for tiny data: what tests/conftest.py's TINY sets, plus one epoch and one thread.
 TINY_BASE: dict[str, Any] = {

@@ -3,14 +3,49 @@
 ``study`` is a group whose default subcommand is ``run``: ``seqcl study
 FILE.yaml …`` and ``seqcl study run FILE.yaml …`` are the same, and ``seqcl
 study report runs/<study>`` reports. Heavy imports (Optuna, SciPy, matplotlib,
-torch) happen inside the commands, so ``seqcl --help`` does not pay for them.
+torch) happen inside the commands, so ``seqcl --help`` does not pay for them;
+each command first checks that the ``study`` extra it needs is installed
+(:func:`require_extra`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import click
+
+from seqcl.errors import SeqclError
+
+#: the import names of the ``study`` extra (pyproject.toml), and what each command needs of it
+EXTRA = "study"
+NEEDS = {
+    "study": ("optuna", "sqlalchemy", "scipy", "matplotlib"),  # the ledger, then the report
+    "study report": ("scipy", "matplotlib"),
+    "compare": ("scipy",),
+}
+
+
+class MissingExtra(SeqclError):
+    """A command of this plugin run without the packages of the ``study`` extra (exit code 2)."""
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a half-imported module
+        return False
+
+
+def require_extra(command: str) -> None:
+    """Raise :class:`MissingExtra`, naming the extra, if a package ``seqcl COMMAND`` needs is not installed.
+
+    Only looks the packages up (nothing is imported), so the check costs nothing.
+    """
+    missing = [name for name in NEEDS[command] if not _installed(name)]
+    if missing:
+        raise MissingExtra(f"`seqcl {command}` needs the '{EXTRA}' extra ({', '.join(missing)} not installed): "
+                           f"pip install 'seqcl[{EXTRA}]'")
 
 
 class _DefaultGroup(click.Group):
@@ -79,12 +114,14 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
             runs_dir: str, name: str | None, dry_run: bool, no_report: bool, heartbeat_s: int,
             plugin_modules: tuple[str, ...]) -> None:
     """Run every run of the study FILE that is not finished yet, then write the report."""
-    from seqcl.cli import _load
-    from seqcl.study.plan import build_plan
-    from seqcl.study.spec import load_spec
+    require_extra("study")
+    from seqcl.cli import load
+
+    from .plan import build_plan
+    from .spec import load_spec
 
     spec = load_spec(file, assignments, name)
-    loaded = _load(tuple(plugin_modules))
+    loaded = load(tuple(plugin_modules))
     plan = build_plan(spec, loaded.registry, runs_dir)
     if dry_run:
         if spec.mode == "search":
@@ -98,7 +135,7 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
                 same = f"  (same config as {cell.same_as})" if cell.same_as else ""
                 click.echo(f"  {cell.run}  {cell.config_hash}{same}")
         return
-    from seqcl.study.runner import run_study
+    from .runner import run_study
 
     outcome = run_study(plan, loaded, storage=storage, workers=workers, plugin_modules=tuple(plugin_modules),
                         log=_echo_err, heartbeat_s=heartbeat_s)
@@ -110,7 +147,7 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
     if outcome.failed:
         _echo_err("  (run the same command again to retry the failed runs)")
     if not no_report and progress is not None and progress.done:
-        from seqcl.study.report import build_report, markdown, write_report
+        from .report import build_report, markdown, write_report
 
         report = build_report(plan.study_dir)
         paths = write_report(report)
@@ -143,7 +180,8 @@ def _not_done(missing: int, total: int, outcome: Any) -> str:
 @click.option("--no-plots", is_flag=True, help="Tables only.")
 def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: int, no_plots: bool) -> None:
     """Write report.md, report.csv and plot PNGs into STUDY_DIR (runs/<study>) and print the table."""
-    from seqcl.study.report import build_report, markdown, write_report
+    require_extra("study report")
+    from .report import build_report, markdown, write_report
 
     report = build_report(study_dir, split=split, test=test, n_boot=n_boot, boot_seed=boot_seed)
     paths = write_report(report, plots=not no_plots)
@@ -157,7 +195,8 @@ def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: in
 @_with(report_options)
 def compare(run_a: str, run_b: str, split: str, test: str, n_boot: int, boot_seed: int) -> None:
     """Metric deltas of run RUN_B against run RUN_A, paired over users, with bootstrap CIs."""
-    from seqcl.study.compare import compare_runs, format_comparison
+    require_extra("compare")
+    from .compare import compare_runs, format_comparison
 
     ra, rb, rows = compare_runs(run_a, run_b, split=split, test=test, n_boot=n_boot, seed=boot_seed)
     click.echo(format_comparison(ra, rb, rows, split, n_boot, boot_seed))

@@ -13,10 +13,10 @@ import pytest
 import seqcl.training as training
 from seqcl.cli import main
 from seqcl.plugins import load_plugins
-from seqcl.study.ledger import Ledger, default_url
-from seqcl.study.plan import build_plan
-from seqcl.study.runner import run_study
-from seqcl.study.spec import load_spec
+from seqcl_study.ledger import Ledger, default_url
+from seqcl_study.plan import build_plan
+from seqcl_study.runner import run_study
+from seqcl_study.spec import load_spec
 
 from study_helpers import ledger_trials, write_spec
 

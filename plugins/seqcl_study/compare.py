@@ -4,7 +4,7 @@ Both runs must rank the same users: the same dataset and data settings, hence
 the same user order. That is checked (dataset string, ``data`` section, number
 of users); a mismatch is an error, because pairing different users would give
 a meaningless p-value. The statistics are those of the study report
-(:mod:`seqcl.study.stats`), with one seed per side.
+(:mod:`seqcl_study.stats`), with one seed per side.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from seqcl.errors import ConfigError
-from seqcl.study.files import load_ranks, read_json_dict, read_yaml
-from seqcl.study.stats import Comparison, compare_users, ks_of, metric_names, per_user_metrics
+
+from .files import load_ranks, read_json_dict, read_yaml
+from .stats import Comparison, compare_users, ks_of, metric_names, per_user_metrics
 
 
 @dataclass

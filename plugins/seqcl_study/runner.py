@@ -42,10 +42,11 @@ import yaml
 from seqcl.config import resolve
 from seqcl.plugins import LoadedPlugins, load_plugins
 from seqcl.atomic import atomic_write_text
-from seqcl.study.ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
-from seqcl.study.plan import Cell, Plan, config_diff, hashed_items, search_cell
-from seqcl.study.files import read_yaml
-from seqcl.study.spec import SearchParam
+
+from .ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
+from .plan import Cell, Plan, config_diff, hashed_items, search_cell
+from .files import read_yaml
+from .spec import SearchParam
 
 Log = Callable[[str], None]
 

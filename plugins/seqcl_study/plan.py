@@ -28,7 +28,8 @@ from seqcl.config import Resolved, TrainOptions, flatten, resolve
 from seqcl.data.loading import is_builtin
 from seqcl.errors import ConfigError, SeqclError
 from seqcl.registry import Registry
-from seqcl.study.spec import StudySpec, merge_into
+
+from .spec import StudySpec, merge_into
 
 #: Config keys that do not change a run's results; left out of the config hash,
 #: so moving a study to a GPU or changing thread counts does not invalidate it.

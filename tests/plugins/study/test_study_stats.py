@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from seqcl.evaluation import metrics_from_ranks
-from seqcl.study.stats import (bootstrap_ci, compare_users, metric_names, paired_p, per_user_metrics,
+from seqcl_study.stats import (bootstrap_ci, compare_users, metric_names, paired_p, per_user_metrics,
                                seed_average)
 
 

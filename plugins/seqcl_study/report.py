@@ -13,7 +13,7 @@ std, ddof = 1; a single seed shows the mean only), best **bold** and runner-up
 the headline metric against the baseline row, starred by the paired test
 (* p < 0.05, ** p < 0.01). A second table gives, per variant and metric, the
 difference to the baseline with its bootstrap CI and p-value
-(:mod:`seqcl.study.stats`: per-user metrics averaged over seeds, then paired
+(:mod:`seqcl_study.stats`: per-user metrics averaged over seeds, then paired
 over users).
 """
 
@@ -23,92 +23,15 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from seqcl.errors import ConfigError
 from seqcl.atomic import atomic_write_text
-from seqcl.study.files import load_ranks, read_json, read_json_dict
-from seqcl.study.plan import format_value
-from seqcl.study.stats import Comparison, compare_users, ks_of, metric_names, seed_average
+from seqcl.errors import ConfigError
 
-
-@dataclass
-class RunResult:
-    """One finished run of the study."""
-
-    run: str
-    variant: str
-    group: dict[str, Any]
-    point: dict[str, Any]
-    seed: int
-    run_dir: Path
-    summary: dict[str, Any]
-
-    def ranks(self, split: str) -> np.ndarray:
-        """FileNotFoundError if the run saved no ranks; a DataError naming a truncated file."""
-        return load_ranks(self.run_dir / "ranks.pt", split)
-
-
-@dataclass
-class Arm:
-    """One row: a variant at one grid point (or one search trial), over its seeds."""
-
-    group: dict[str, Any]
-    variant: str
-    point: dict[str, Any]
-    runs: list[RunResult]
-    label: str
-    is_baseline: bool = False
-    comparisons: dict[str, Comparison] = field(default_factory=dict)
-
-    def values(self, metric: str, split: str) -> list[float]:
-        return [float(r.summary[split][metric]) for r in self.runs]
-
-    def mean(self, metric: str, split: str) -> float:
-        return float(np.mean(self.values(metric, split)))
-
-    def std(self, metric: str, split: str) -> float:
-        v = self.values(metric, split)
-        return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
-
-    @property
-    def seeds(self) -> list[int]:
-        return [r.seed for r in self.runs]
-
-
-@dataclass
-class Table:
-    """The rows of one top-level grid point."""
-
-    group: dict[str, Any]
-    arms: list[Arm]
-    baseline: Arm | None = None
-
-
-@dataclass
-class Report:
-    name: str
-    mode: str
-    split: str
-    metric: str  # headline metric
-    metrics: list[str]
-    tables: list[Table]
-    missing: list[str]
-    test: str
-    n_boot: int
-    boot_seed: int
-    study_dir: Path
-    notes: list[str] = field(default_factory=list)
-    plots: list[Path] = field(default_factory=list)
-
-
-def group_label(group: dict[str, Any]) -> str:
-    """``key=value, …`` for row labels and headings (floats to 4 significant digits)."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={format_value(v)}" for k, v in group.items())
+from .files import read_json, read_json_dict
+from .results import Arm, Report, RunResult, Table, group_label
+from .stats import compare_users, ks_of, metric_names, seed_average
 
 
 # ---------------------------------------------------------------- loading
@@ -345,7 +268,7 @@ def write_report(report: Report, plots: bool = True) -> list[Path]:
     """Write report.md, report.csv and the plots into the study directory; return the paths."""
     out = report.study_dir
     if plots:
-        from seqcl.study.plots import make_plots
+        from .plots import make_plots
 
         report.plots = make_plots(report)
     header, rows = csv_rows(report)

@@ -46,7 +46,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from seqcl.errors import ConfigError
-from seqcl.study.plan import Cell, config_diff
+
+from .plan import Cell, config_diff
 
 DEFAULT_HEARTBEAT_S = 30
 MAX_DEATHS = 3  # a run whose worker died this often is not retried again within one invocation

@@ -1,7 +1,7 @@
 """Study files: parse and check the YAML structure of a study.
 
 Only the *shape* is checked here (keys, types, names); whether each run's config
-is valid is decided by :func:`seqcl.config.resolve` in :mod:`seqcl.study.plan`,
+is valid is decided by :func:`seqcl.config.resolve` in :mod:`seqcl_study.plan`,
 with the variant named in the error. Keeping the two apart means a study file
 accepts exactly the keys a ``--config`` file accepts, no second schema.
 

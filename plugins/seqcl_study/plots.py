@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqcl.study.plan import slug
-from seqcl.study.report import Arm, Report, group_label
-from seqcl.study.stats import ks_of
+from .plan import slug
+from .results import Arm, Report, group_label
+from .stats import ks_of
 
 
 @dataclass

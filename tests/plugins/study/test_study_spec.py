@@ -6,8 +6,8 @@ import yaml
 from seqcl.cli import main
 from seqcl.errors import ConfigError
 from seqcl.plugins import load_plugins
-from seqcl.study.plan import build_plan, config_diff
-from seqcl.study.spec import load_spec, parse_spec
+from seqcl_study.plan import build_plan, config_diff
+from seqcl_study.spec import load_spec, parse_spec
 
 from study_helpers import EXAMPLES, write_spec
 

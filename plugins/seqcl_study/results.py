@@ -1,0 +1,94 @@
+"""A study's results as data: runs, rows (arms), tables, the report.
+
+Shared by :mod:`seqcl_study.report` (which builds and renders them) and
+:mod:`seqcl_study.plots` (which draws them), so neither imports the other's
+module to get the types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import load_ranks
+from .plan import format_value
+from .stats import Comparison
+
+
+@dataclass
+class RunResult:
+    """One finished run of the study."""
+
+    run: str
+    variant: str
+    group: dict[str, Any]
+    point: dict[str, Any]
+    seed: int
+    run_dir: Path
+    summary: dict[str, Any]
+
+    def ranks(self, split: str) -> np.ndarray:
+        """FileNotFoundError if the run saved no ranks; a DataError naming a truncated file."""
+        return load_ranks(self.run_dir / "ranks.pt", split)
+
+
+@dataclass
+class Arm:
+    """One row: a variant at one grid point (or one search trial), over its seeds."""
+
+    group: dict[str, Any]
+    variant: str
+    point: dict[str, Any]
+    runs: list[RunResult]
+    label: str
+    is_baseline: bool = False
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+
+    def values(self, metric: str, split: str) -> list[float]:
+        return [float(r.summary[split][metric]) for r in self.runs]
+
+    def mean(self, metric: str, split: str) -> float:
+        return float(np.mean(self.values(metric, split)))
+
+    def std(self, metric: str, split: str) -> float:
+        v = self.values(metric, split)
+        return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+
+@dataclass
+class Table:
+    """The rows of one top-level grid point."""
+
+    group: dict[str, Any]
+    arms: list[Arm]
+    baseline: Arm | None = None
+
+
+@dataclass
+class Report:
+    name: str
+    mode: str
+    split: str
+    metric: str  # headline metric
+    metrics: list[str]
+    tables: list[Table]
+    missing: list[str]
+    test: str
+    n_boot: int
+    boot_seed: int
+    study_dir: Path
+    notes: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+def group_label(group: dict[str, Any]) -> str:
+    """``key=value, …`` for row labels and headings (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={format_value(v)}" for k, v in group.items())

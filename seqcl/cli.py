@@ -78,6 +78,7 @@ def cli(debug: bool) -> None:
 @click.option("--dataset", help="Data file (sequences .txt[.gz], RecBole .inter, raw .csv/.tsv) or 'builtin'.")
 @click.option("--augmenter", help="Augmenter name (see `seqcl plugins`); default none.")
 @click.option("--encoder", help="Encoder name; default sasrec.")
+@click.option("--objective", help="Main objective (ce, sampled, bce, cloze, …); default: the encoder's.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
 @click.option("--with", "with_terms", multiple=True, metavar="TERM", help="Add a loss term.")
 @click.option("--without", "without_terms", multiple=True, metavar="TERM", help="Remove a loss term.")
@@ -88,7 +89,7 @@ def cli(debug: bool) -> None:
 @click.option("--resume", "resume_dir", metavar="RUN_DIR",
               help="Continue an interrupted run from its last.pt (its config.yaml is used; no other options).")
 @plugin_option
-def train(config_file, dataset, augmenter, encoder, assignments, with_terms, without_terms, epochs, seed, device,
+def train(config_file, dataset, augmenter, encoder, objective, assignments, with_terms, without_terms, epochs, seed, device,
           dry_run, resume_dir, plugin_modules) -> None:
     """Train a model and print valid/test metrics at the best epoch.
 
@@ -103,6 +104,7 @@ def train(config_file, dataset, augmenter, encoder, assignments, with_terms, wit
     if resume_dir is not None:
         given = [flag for flag, value in (("--config", config_file), ("--dataset", dataset),
                                           ("--augmenter", augmenter), ("--encoder", encoder),
+                                          ("--objective", objective),
                                           ("--set", assignments), ("--with", with_terms),
                                           ("--without", without_terms), ("--epochs", epochs), ("--seed", seed),
                                           ("--device", device), ("--dry-run", dry_run)) if value]
@@ -115,7 +117,7 @@ def train(config_file, dataset, augmenter, encoder, assignments, with_terms, wit
         return
     file_config = read_yaml(config_file) if config_file else {}
     overrides = [parse_assignment(a) for a in assignments]
-    for key, value in (("dataset", dataset), ("augmenter", augmenter), ("encoder", encoder),
+    for key, value in (("dataset", dataset), ("augmenter", augmenter), ("encoder", encoder), ("objective", objective),
                        ("train.epochs", epochs), ("train.seed", seed), ("train.device", device)):
         if value is not None:
             overrides.append((key, value))

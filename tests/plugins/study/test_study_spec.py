@@ -58,7 +58,7 @@ def test_shape_errors_name_the_key(fields, message):
     ({"variants": {"b": {"augmenter": "nope"}}}, "variant 'b', seed 2026: unknown augmenter 'nope'"),
     ({"variants": {"b": {"augmenter": "aclsrec", "grid": {"loss.cl.weight": [0.1, "x"]}}}},
      "variant 'b', loss.cl.weight=x, seed 2026: loss.cl.weight must be a number"),
-    ({"grid": {"loss.main": ["ce", "nce"]}}, "variant 'a', loss.main=nce, seed 2026: loss.main must be one of"),
+    ({"grid": {"objective": ["ce", "nce"]}}, "variant 'a', objective=nce, seed 2026: unknown objective 'nce'"),
     ({"base": {"dataset": "/no/such/file.txt"}}, "dataset '/no/such/file.txt' not found"),
     ({"metric": "hr@20"}, "metric 'hr@20' is not computed"),
 ])
@@ -74,20 +74,20 @@ def test_cells_names_order_aliases_and_overrides(registry, tmp_path):
         "full": {"augmenter": "aclsrec"},
         "lam": {"augmenter": "aclsrec", "grid": {"loss.cl.weight": [0.05, 0.1]}},
         "nob": {"augmenter": "aclsrec", "without": "boundary", "loss": {"cl": {"sim": "cos"}}},
-    }, grid={"loss.main": ["ce", "sampled"]}, seeds=[1, 2])
+    }, grid={"objective": ["ce", "sampled"]}, seeds=[1, 2])
     plan = build_plan(parse_spec(data, "s.yaml", overrides=[("train.epochs", 3)]), registry, tmp_path)
     assert len(plan.cells) == 2 * 2 * 4
     first = plan.cells[:4]
-    assert [c.run for c in first] == ["full__loss.main=ce__s1", "lam__loss.main=ce__loss.cl.weight=0.05__s1",
-                                      "lam__loss.main=ce__loss.cl.weight=0.1__s1", "nob__loss.main=ce__s1"]
-    assert plan.cells[4].group == {"loss.main": "sampled"} and plan.cells[-1].seed == 2
+    assert [c.run for c in first] == ["full__objective=ce__s1", "lam__objective=ce__loss.cl.weight=0.05__s1",
+                                      "lam__objective=ce__loss.cl.weight=0.1__s1", "nob__objective=ce__s1"]
+    assert plan.cells[4].group == {"objective": "sampled"} and plan.cells[-1].seed == 2
     # λ = 0.1 is the default: same config as `full`, trained once
-    assert first[2].same_as == "full__loss.main=ce__s1" and first[2].config_hash == first[0].config_hash
+    assert first[2].same_as == "full__objective=ce__s1" and first[2].config_hash == first[0].config_hash
     assert len(plan.trained) == 12
     cfg = first[3].config
     assert cfg["without"] == ["boundary"] and cfg["loss"]["cl"]["sim"] == "cos" and cfg["train"]["epochs"] == 3
-    assert cfg["run"] == {"dir": str(tmp_path / "s" / "runs"), "name": "nob__loss.main=ce__s1"}
-    assert cfg["train"]["seed"] == 1 and cfg["loss"]["main"] == "ce"
+    assert cfg["run"] == {"dir": str(tmp_path / "s" / "runs"), "name": "nob__objective=ce__s1"}
+    assert cfg["train"]["seed"] == 1 and cfg["objective"] == "ce"
     again = build_plan(parse_spec(data, "s.yaml", overrides=[("train.epochs", 3)]), registry, tmp_path)
     assert [c.config_hash for c in again.cells] == [c.config_hash for c in plan.cells]  # deterministic
 
@@ -111,7 +111,8 @@ def test_ablation_rows_are_the_papers(registry, tmp_path):
     terms = {}
     for cell in plan.cells:
         r = resolve(registry, cell.config)
-        terms[(cell.variant, cell.group["loss.main"])] = (r.augmenter, r.terms, r.loss.negatives,
+        negatives = r.objective_options.negatives if r.objective == "sampled" else 1
+        terms[(cell.variant, cell.group["objective"])] = (r.augmenter, r.terms, negatives,
                                                           r.tree["loss"].get("cl", {}).get("sim"))
     for main_loss in ("ce", "sampled"):
         assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "dot")

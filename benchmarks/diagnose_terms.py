@@ -49,14 +49,13 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-import seqcl.training as training
-from seqcl import losses
 from seqcl.config import Resolved, parse_assignment, resolve
 from seqcl.data.dataset import eval_set, training_samples
 from seqcl.evaluation import evaluate
 from seqcl.interfaces import Batch, Views
 from seqcl.plugins import load_plugins
-from seqcl.training import Model, iterate_batches, make_optimizer, prepare, training_step
+from seqcl_contrastive.formulas import similarity
+from seqcl.training import Model, iterate_batches, make_optimizer, prepare, train_epoch, training_step
 
 
 # --------------------------------------------------------------------- recording
@@ -90,24 +89,24 @@ class _RecordedTerm:
 def recording(model: Model) -> Iterator[Recorder]:
     """Within the block, ``training_step`` records into the yielded Recorder (nothing else changes)."""
     rec = Recorder()
-    original_main, original_terms = training.main_loss, model.terms
+    original_terms = model.terms
 
-    def main_loss(h: Tensor, item_table: Tensor, batch: Batch, *args: Any, **kwargs: Any) -> Tensor:
-        value = original_main(h, item_table, batch, *args, **kwargs)
-        rec.h, rec.batch, rec.values["main"] = h, batch, value
-        return value
+    def keep_main(module: Any, args: tuple[Any, ...], value: Tensor) -> None:
+        _, rec.batch, rec.h = args  # objective(encoder, batch, h)
+        rec.values["main"] = value
 
     def keep_hidden(module: Any, args: tuple[Any, ...]) -> None:
         rec.hidden = args[3]  # forward(batch, encoder, h_in, hidden)
 
-    training.main_loss = main_loss
     model.terms = {name: _RecordedTerm(name, term, rec) for name, term in original_terms.items()}
-    hook = model.augmenter.register_forward_pre_hook(keep_hidden)  # an Augmenter is an nn.Module
+    hooks = [model.objective.register_forward_hook(keep_main),  # objectives and augmenters are nn.Modules
+             model.augmenter.register_forward_pre_hook(keep_hidden)]
     try:
         yield rec
     finally:
-        training.main_loss, model.terms = original_main, original_terms
-        hook.remove()
+        model.terms = original_terms
+        for hook in hooks:
+            hook.remove()
 
 
 # --------------------------------------------------------------------- measures
@@ -152,11 +151,11 @@ def logit_stats(a: Tensor, b: Tensor, sim: str, tau: float, targets: Tensor) -> 
     neg_mask = ~(pos_mask | torch.eye(2 * n, dtype=torch.bool))
     t = torch.cat([targets, targets]).cpu()
     same = neg_mask & (t[:, None] == t[None, :])
-    logits = losses.similarity(z, z, sim) / tau
+    logits = similarity(z, z, sim) / tau
     out: dict[str, float] = {"neg_same_target_frac": float(same.sum() / neg_mask.sum()),
                              "neg_same_target_logit_mean": float(logits[same].mean()) if same.any() else float("nan"),
                              "neg_other_target_logit_mean": float(logits[neg_mask & ~same].mean())}
-    for name, s in (("logit", logits), ("cos", losses.similarity(z, z, "cos"))):
+    for name, s in (("logit", logits), ("cos", similarity(z, z, "cos"))):
         pos, neg = s[pos_mask], s[neg_mask]
         out[f"pos_{name}_mean"], out[f"neg_{name}_mean"] = float(pos.mean()), float(neg.mean())
         if name == "logit":
@@ -210,7 +209,7 @@ def measure(model: Model, rec: Recorder, resolved: Resolved) -> tuple[dict[str, 
             cl = resolved.term_options.get("cl")
             sim = getattr(cl, "sim", "dot")
             for a, b in rec.views.pairs:
-                pairs[f"{a}|{b}"] = logit_stats(views[a], views[b], sim, resolved.loss.tau, rec.batch.targets)
+                pairs[f"{a}|{b}"] = logit_stats(views[a], views[b], sim, getattr(cl, "tau", 1.0), rec.batch.targets)
         out["pairs"] = pairs
         out["views"] = {k: collapse_stats(v) for k, v in views.items()}
     return out, main, grads["total"]
@@ -287,7 +286,7 @@ def run_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: Any, reso
         measured = every > 0 and n % every == 0
         with recording(model) if measured else contextlib.nullcontext() as rec:
             with autocast:
-                out = training_step(model, batch, resolved, generator)
+                out = training_step(model, batch)
         if measured:
             started = time.perf_counter()
             stats, main_grad, total_grad = measure(model, rec, resolved)
@@ -362,7 +361,7 @@ def verify(args: argparse.Namespace, n_batches: int) -> None:
         if measured:
             run_epoch(model, optimizer, samples, resolved, generator, device, 1, n_batches, lambda *_: None)
         else:
-            training.train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=n_batches)
+            train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=n_batches)
         states.append([p.detach().clone() for p in model.parameters()])
     same = all(torch.equal(a, b) for a, b in zip(*states))
     print(f"verify: {n_batches} batches, parameters identical with and without measurement: {same}")

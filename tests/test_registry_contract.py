@@ -77,3 +77,34 @@ def test_every_loss_term_trains(tmp_path, small_file, term):
 
     record = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert term in record["loss"] and math.isfinite(record["loss"][term])
+
+
+@pytest.mark.parametrize("term", [n for n in REGISTRY.names("loss_term")
+                                  if REGISTRY.get("loss_term", n).options is not None
+                                  and "tau" in REGISTRY.get("loss_term", n).default_options()])
+def test_every_term_computes_with_its_resolved_tau(term):
+    """flag → resolved config → options → factory → formula: a term that ignored its τ fails here."""
+    import dataclasses
+
+    import torch
+
+    from seqcl.interfaces import Batch, BuildContext, Views
+
+    def value(tau: float) -> torch.Tensor:
+        resolved = resolve(REGISTRY, overrides=[("augmenter", "aclsrec"), (f"loss.{term}.tau", tau)],
+                           with_terms=[term])
+        options = resolved.term_options[term]
+        assert options.tau == tau
+        ctx = BuildContext(num_items=9, max_len=4, hidden_size=6, view_pairs=[("o", "pr"), ("p", "op")],
+                           augmenter="aclsrec")
+        built = REGISTRY.get("loss_term", term).factory(options, ctx)
+        g = torch.Generator().manual_seed(0)
+        views = Views({n: torch.randn(5, 6, generator=g) for n in ("o", "pr", "p", "op")},
+                      [("o", "pr"), ("p", "op")])
+        batch = Batch(torch.ones(5, 4, dtype=torch.long), torch.ones(5, dtype=torch.long), torch.arange(5))
+        out = built(views, batch)
+        reference = REGISTRY.get("loss_term", term).factory(dataclasses.replace(options, tau=tau), ctx)(views, batch)
+        assert torch.equal(out, reference)
+        return out
+
+    assert not torch.isclose(value(0.37), value(0.74))

@@ -379,16 +379,9 @@ def test_cl4srec_views_are_mask_queries(aug):
     assert all(v.shape == (4, D) and bool(torch.isfinite(v).all()) for v in views.tensors.values())
 
 
-# ------------------------------------------------------------------ end to end (needs the core's objective wiring)
+# ------------------------------------------------------------------ end to end
 
 
-def _objectives_wired() -> bool:
-    model_fields = getattr(seqcl.training.Model, "__dataclass_fields__", {})
-    return "objective" in getattr(seqcl.config, "SELECTION_KEYS", ()) and "objective" in model_fields
-
-
-@pytest.mark.skipif(not _objectives_wired(),
-                    reason="the core does not select objectives yet (no 'objective' selection key / Model.objective)")
 def test_train_bert4rec_end_to_end(tmp_path, tiny_file):
     plugins = load_plugins(["seqcl_bert4rec"])
     sets = ["bert4rec.hidden_size=16", "bert4rec.inner_size=32", "data.max_len=20", "train.batch_size=128",

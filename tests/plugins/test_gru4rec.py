@@ -200,7 +200,7 @@ def test_trains_and_evaluates_with_each_augmenter(plugins, tmp_path, tiny_file, 
     assert isinstance(model.encoder, GRU4Rec)
     batch = next(iterate_batches(training_samples(data), 64, 20, torch.Generator().manual_seed(0),
                                  torch.device("cpu"), trim=not model.augmenter.full_width))
-    out = training_step(model, batch, r, None)
+    out = training_step(model, batch)
     out.total.backward()
     assert torch.isfinite(out.total) and set(out.parts) == {"main", *r.terms}
     assert model.encoder.gru.weight_hh_l0.grad is not None

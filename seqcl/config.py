@@ -3,12 +3,13 @@
 The resolved config is a nested plain dict (what ``config.yaml`` in a run
 directory holds). Sections:
 
-* ``dataset``, ``encoder``, ``augmenter``: names; ``terms``: the active loss terms;
+* ``dataset``, ``encoder``, ``augmenter``, ``objective``: names; ``terms``: the
+  active loss terms;
 * ``data``, ``train``, ``eval``, ``run``: core settings (dataclasses below);
-* ``loss``: the main loss, the shared temperature ``tau`` and one sub-section per
-  active term (its options, ``weight`` among them);
-* one section named after the selected encoder and one after the augmenter
-  (their option dataclasses, registered by the plugin).
+* ``loss``: one sub-section per active term (its options: ``weight``, and
+  ``tau`` for a term that has a temperature — each term owns its own);
+* one section named after the selected encoder, one after the augmenter and
+  one after the objective (their option dataclasses, registered by the plugin).
 
 Every value is converted to its field's type; unknown keys are an error with a
 "did you mean". Nothing reads ``sys.argv`` here.

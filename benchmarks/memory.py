@@ -1,0 +1,103 @@
+"""Resident memory (VmRSS / VmHWM) over a training run, in-process, per epoch and per N batches.
+
+    python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 4 --max-batches 200
+    python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
+    python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
+
+Runs ``train_epoch`` (and the validation ``evaluate`` unless ``--no-eval``) for a
+few epochs, reading ``/proc/self/status`` every ``--every`` batches, and writes
+``--out`` (JSON: per-sample epoch, batch, rss_mb, hwm_mb). Used to bisect issue
+#12's growth of RSS over a run (see benchmarks/results/2026-11-29-memory.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from seqcl.config import parse_assignment, resolve  # noqa: E402
+from seqcl.data.dataset import eval_set, training_samples  # noqa: E402
+from seqcl.plugins import load_plugins  # noqa: E402
+from seqcl.training import _evaluate, make_optimizer, prepare, train_epoch  # noqa: E402
+
+
+def rss() -> tuple[float, float]:
+    vals = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            vals[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--augmenter", default="none")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--max-batches", type=int, default=None)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each epoch")
+    ap.add_argument("--set", dest="extra", action="append", default=[])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    plugins = load_plugins()
+    pairs = [parse_assignment(s) for s in args.extra]
+    pairs += [("augmenter", args.augmenter), ("dataset", args.dataset)]
+    resolved = resolve(plugins.registry, overrides=pairs)
+    torch.manual_seed(resolved.train.seed)
+    generator = torch.Generator().manual_seed(resolved.train.seed)
+    data, _, model = prepare(resolved, plugins)
+    samples = training_samples(data)
+    valid = eval_set(data, "valid")
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, resolved)
+    libc = ctypes.CDLL("libc.so.6") if args.trim else None
+    log: list[dict] = [{"epoch": 0, "batch": 0, "phase": "start", "rss_mb": rss()[0], "hwm_mb": rss()[1]}]
+    print(log[-1], flush=True)
+
+    # sample every `every` steps by wrapping optimizer.step
+    counter = {"n": 0, "epoch": 0}
+    step = optimizer.step
+
+    def sampled_step(*a, **k):
+        out = step(*a, **k)
+        counter["n"] += 1
+        if counter["n"] % args.every == 0:
+            r, h = rss()
+            log.append({"epoch": counter["epoch"], "batch": counter["n"], "phase": "train", "rss_mb": r, "hwm_mb": h})
+        return out
+
+    optimizer.step = sampled_step  # type: ignore[method-assign]
+    for epoch in range(1, args.epochs + 1):
+        counter["epoch"], counter["n"] = epoch, 0
+        t0 = time.perf_counter()
+        train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=args.max_batches)
+        r, h = rss()
+        log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_train", "rss_mb": r, "hwm_mb": h})
+        print(log[-1], f"{time.perf_counter() - t0:.1f}s", flush=True)
+        if not args.no_eval:
+            _evaluate(model, valid, resolved, device)
+            r, h = rss()
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h})
+            print(log[-1], flush=True)
+        if libc is not None:
+            libc.malloc_trim(0)
+            r, h = rss()
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h})
+            print(log[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "samples": log}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

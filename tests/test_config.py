@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from seqcl.config import parse_assignment, read_yaml, resolve
 from seqcl.errors import ConfigError, SeqclError

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from seqcl.errors import ConfigError
 from seqcl.interfaces import BuildContext, Encoder
-from seqcl_sasrec.encoder import Dropout, TransformerBlock, additive_mask
+from seqcl_sasrec.encoder import Dropout, TransformerBlock, additive_mask, validate_transformer
 
 #: augmenters whose views do not come from :meth:`BERT4Rec.encode`, with the reason (see the package doc)
 INCOMPATIBLE_AUGMENTERS = {
@@ -69,18 +69,7 @@ class BERT4RecOptions:
     output_head: bool = True
 
     def validate(self) -> None:
-        for name in ("hidden_size", "layers", "heads", "inner_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"bert4rec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.heads:
-            raise ConfigError(
-                f"bert4rec.hidden_size ({self.hidden_size}) must be divisible by bert4rec.heads ({self.heads})"
-            )
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"bert4rec.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.init_std <= 0:
-            raise ConfigError(f"bert4rec.init_std must be > 0, got {self.init_std}")
+        validate_transformer(self, "bert4rec")
 
 
 class OutputHead(nn.Module):

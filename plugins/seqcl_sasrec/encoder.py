@@ -34,7 +34,7 @@ the attention kernels both layouts share are :mod:`seqcl_sasrec.attention`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,18 +73,23 @@ class SASRecOptions:
     layout: Literal["auto", "packed", "padded"] = "auto"
 
     def validate(self) -> None:
-        for name in ("hidden_size", "layers", "heads", "inner_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.heads:
-            raise ConfigError(
-                f"sasrec.hidden_size ({self.hidden_size}) must be divisible by sasrec.heads ({self.heads})"
-            )
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"sasrec.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.init_std <= 0:
-            raise ConfigError(f"sasrec.init_std must be > 0, got {self.init_std}")
+        validate_transformer(self, "sasrec")
+
+
+def validate_transformer(opt: Any, section: str) -> None:
+    """Sizes ≥ 1, d divisible by the heads, dropouts in [0, 1), init std > 0 (shared with BERT4Rec)."""
+    for name in ("hidden_size", "layers", "heads", "inner_size"):
+        if getattr(opt, name) < 1:
+            raise ConfigError(f"{section}.{name} must be >= 1, got {getattr(opt, name)}")
+    if opt.hidden_size % opt.heads:
+        raise ConfigError(
+            f"{section}.hidden_size ({opt.hidden_size}) must be divisible by {section}.heads ({opt.heads})"
+        )
+    for name in ("dropout", "attn_dropout"):
+        if not 0.0 <= getattr(opt, name) < 1.0:
+            raise ConfigError(f"{section}.{name} must be in [0, 1), got {getattr(opt, name)}")
+    if opt.init_std <= 0:
+        raise ConfigError(f"{section}.init_std must be > 0, got {opt.init_std}")
 
 
 def _version(t: Tensor) -> int | None:

@@ -3,11 +3,16 @@
     python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 4 --max-batches 200
     python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
     python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
+    SEQCL_MALLOC=default python benchmarks/memory.py ...    # glibc's default malloc settings (the "before")
 
 Runs ``train_epoch`` (and the validation ``evaluate`` unless ``--no-eval``) for a
 few epochs, reading ``/proc/self/status`` every ``--every`` batches, and writes
 ``--out`` (JSON: per-sample epoch, batch, rss_mb, hwm_mb). Used to bisect issue
 #12's growth of RSS over a run (see benchmarks/results/2026-11-29-memory.md).
+As a regression check (about a minute at one thread)::
+
+    python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 3 --max-batches 200 \
+        --no-eval --max-growth-mb 150   # exits 1 when RSS keeps growing (before: +2106 MiB; after: +66)
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+enable_thp_env()
+
+import torch  # noqa: E402
 
 from seqcl.config import parse_assignment, resolve  # noqa: E402
 from seqcl.data.dataset import eval_set, training_samples  # noqa: E402
@@ -46,10 +53,14 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each epoch")
+    ap.add_argument("--trim-every", type=int, default=0, help="malloc_trim(0) every N optimizer steps")
     ap.add_argument("--set", dest="extra", action="append", default=[])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--max-growth-mb", type=float, default=None,
+                    help="exit 1 if RSS grows by more than this from the end of epoch 1 to the end")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    print("limit_heap_growth:", limit_heap_growth(), flush=True)
     plugins = load_plugins()
     pairs = [parse_assignment(s) for s in args.extra]
     pairs += [("augmenter", args.augmenter), ("dataset", args.dataset)]
@@ -61,7 +72,7 @@ def main() -> None:
     valid = eval_set(data, "valid")
     device = torch.device("cpu")
     optimizer = make_optimizer(model, resolved)
-    libc = ctypes.CDLL("libc.so.6") if args.trim else None
+    libc = ctypes.CDLL("libc.so.6") if args.trim or args.trim_every else None
     log: list[dict] = [{"epoch": 0, "batch": 0, "phase": "start", "rss_mb": rss()[0], "hwm_mb": rss()[1]}]
     print(log[-1], flush=True)
 
@@ -72,6 +83,8 @@ def main() -> None:
     def sampled_step(*a, **k):
         out = step(*a, **k)
         counter["n"] += 1
+        if args.trim_every and counter["n"] % args.trim_every == 0:
+            libc.malloc_trim(0)
         if counter["n"] % args.every == 0:
             r, h = rss()
             log.append({"epoch": counter["epoch"], "batch": counter["n"], "phase": "train", "rss_mb": r, "hwm_mb": h})
@@ -90,13 +103,19 @@ def main() -> None:
             r, h = rss()
             log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h})
             print(log[-1], flush=True)
-        if libc is not None:
+        if args.trim:
             libc.malloc_trim(0)
             r, h = rss()
             log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h})
             print(log[-1], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "samples": log}, indent=1))
+    if args.max_growth_mb is not None:
+        base = next(s["rss_mb"] for s in log if s["epoch"] == 1 and s["phase"] != "train")
+        growth = log[-1]["rss_mb"] - base
+        print(f"RSS growth after epoch 1: {growth:.1f} MiB (bound {args.max_growth_mb})")
+        if growth > args.max_growth_mb:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

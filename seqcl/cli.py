@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from seqcl.errors import PluginError, SeqclError
+from seqcl.memory import enable_thp_env
+
+enable_thp_env()  # before anything imports torch (seqcl.memory)
 
 if TYPE_CHECKING:
     from seqcl.plugins import LoadedPlugins

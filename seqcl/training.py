@@ -28,6 +28,7 @@ from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
 from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
+from seqcl.memory import limit_heap_growth
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
 from seqcl.runs import BEST, LAST, RunDir
@@ -396,6 +397,7 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
          ckpt: dict[str, Any] | None) -> TrainResult:
     """Set up (data, model, optimizer, or the checkpoint's state), then fit; ``run`` None: a new run dir."""
     t = resolved.train
+    limit_heap_growth()  # RSS would otherwise grow over the run (seqcl.memory)
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.metric not in _metric_names(resolved):

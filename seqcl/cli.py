@@ -104,26 +104,23 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
     from seqcl.errors import ConfigError
 
     loaded = load(tuple(plugin_modules))
+    shortcuts = [("--dataset", "dataset", dataset), ("--augmenter", "augmenter", augmenter),
+                 ("--encoder", "encoder", encoder), ("--objective", "objective", objective),
+                 ("--epochs", "train.epochs", epochs), ("--seed", "train.seed", seed),
+                 ("--device", "train.device", device)]
     if resume_dir is not None:
-        given = [flag for flag, value in (("--config", config_file), ("--dataset", dataset),
-                                          ("--augmenter", augmenter), ("--encoder", encoder),
-                                          ("--objective", objective),
-                                          ("--set", assignments), ("--with", with_terms),
-                                          ("--without", without_terms), ("--epochs", epochs), ("--seed", seed),
-                                          ("--device", device), ("--dry-run", dry_run)) if value]
+        others = [("--config", config_file), ("--set", assignments), ("--with", with_terms),
+                  ("--without", without_terms), ("--dry-run", dry_run)]
+        given = [flag for flag, _, value in shortcuts if value is not None] + [flag for flag, value in others if value]
         if given:
             raise ConfigError(f"--resume uses the run's own config.yaml; it takes no {', '.join(given)}")
         from seqcl.training import resume
 
-        result = resume(resume_dir, loaded)
-        _print_result(result)
+        _print_result(resume(resume_dir, loaded))
         return
     file_config = read_yaml(config_file) if config_file else {}
     overrides = [parse_assignment(a) for a in assignments]
-    for key, value in (("dataset", dataset), ("augmenter", augmenter), ("encoder", encoder), ("objective", objective),
-                       ("train.epochs", epochs), ("train.seed", seed), ("train.device", device)):
-        if value is not None:
-            overrides.append((key, value))
+    overrides += [(key, value) for _, key, value in shortcuts if value is not None]
     resolved = resolve(loaded.registry, file_config, overrides, list(with_terms), list(without_terms))
     if dry_run:
         click.echo(resolved.to_yaml(), nl=False)

@@ -404,7 +404,7 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
         raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
     generator = _set_seed(t.seed)
     data, key, model = prepare(resolved, plugins)
-    if run is not None and ckpt is not None and ckpt["data_key"] != key:
+    if ckpt is not None and ckpt["data_key"] != key:
         raise ConfigError(f"--resume {run.path}: the data changed since the checkpoint ({resolved.dataset}: "
                           "content or preprocessing differs); start a new run instead")
     samples = training_samples(data)

@@ -450,11 +450,27 @@ def _metric_names(resolved: Resolved) -> list[str]:
     return [f"{m}@{k}" for k in resolved.eval.ks for m in ("hr", "ndcg", "mrr")]
 
 
-def _evaluate(model: Model, split_set: Any, resolved: Resolved, device: torch.device) -> EvalResult:
+def _evaluate(model: Model, split_set: Any, resolved: Resolved, device: torch.device,
+              exclude_history: bool | None = None) -> EvalResult:
+    """Full ranking under ``eval.exclude_history``, or under the protocol given."""
     return evaluate(
         model.encoder, split_set, model.num_items, model.max_len, ks=resolved.eval.ks,
-        exclude_history=resolved.eval.exclude_history, batch_size=resolved.eval.batch_size, device=device,
+        exclude_history=resolved.eval.exclude_history if exclude_history is None else exclude_history,
+        batch_size=resolved.eval.batch_size, device=device,
     )
+
+
+#: The two test protocols every run reports on its best checkpoint (issue #11): the user's full
+#: history excluded from the ranking (SPEC §1, the default) and kept in it (RecBole's protocol).
+TEST_PROTOCOLS = {"test_history_excluded": True, "test_history_kept": False}
+
+
+def _test_protocols(model: Model, test_set: Any, resolved: Resolved, device: torch.device,
+                    configured: EvalResult) -> dict[str, EvalResult]:
+    """The test split under both protocols; the configured one is reused, not evaluated again."""
+    return {name: configured if flag == resolved.eval.exclude_history
+            else _evaluate(model, test_set, resolved, device, exclude_history=flag)
+            for name, flag in TEST_PROTOCOLS.items()}
 
 
 #: A loss part this many times its first-step value, or a weighted term this many times the main
@@ -541,13 +557,16 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
     model.load_state_dict(best_state)
     valid_result = _evaluate(model, valid_set, resolved, device)
     test_result = _evaluate(model, test_set, resolved, device)
+    protocols = _test_protocols(model, test_set, resolved, device, test_result)
     total = time.perf_counter() - started
     if resolved.run.save_ranks:
-        run.save("ranks.pt", {"valid": valid_result.ranks.to(torch.int32), "test": test_result.ranks.to(torch.int32)})
+        run.save("ranks.pt", {"valid": valid_result.ranks.to(torch.int32), "test": test_result.ranks.to(torch.int32),
+                              **{name: r.ranks.to(torch.int32) for name, r in protocols.items()}})
     summary = {
         "augmenter": resolved.augmenter, "encoder": resolved.encoder, "dataset": resolved.dataset,
         "terms": resolved.terms, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-        "valid": valid_result.metrics, "test": test_result.metrics, "seconds": round(total, 2),
+        "valid": valid_result.metrics, "test": test_result.metrics,
+        **{name: r.metrics for name, r in protocols.items()}, "seconds": round(total, 2),
         "seed": t.seed, "peak_rss_mb": peak_rss_mb(),
     }
     run.write_json("summary.json", summary)

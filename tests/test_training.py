@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from seqcl.config import parse_assignment, resolve
-from seqcl.data.dataset import training_samples, trim_padding
+from seqcl.data.dataset import eval_set, training_samples, trim_padding
 from seqcl.plugins import load_plugins
 from seqcl.training import iterate_batches, prepare, train, training_step
 
@@ -43,6 +43,29 @@ def test_same_seed_same_metrics_and_run_dir(plugins, tmp_path, tiny_file):
     c = train(config(plugins, tmp_path, "train.epochs=2", "train.seed=7", dataset=tiny_file), plugins,
               log=lambda m: None)
     assert c.valid != a.valid
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_best_checkpoint_tested_under_both_protocols(plugins, tmp_path, tiny_file, exclude):
+    """summary.json and ranks.pt hold the test split with the history excluded and kept, whatever is configured."""
+    from seqcl.evaluation import evaluate, metrics_from_ranks
+
+    r = config(plugins, tmp_path, "train.epochs=2", f"eval.exclude_history={str(exclude).lower()}", dataset=tiny_file)
+    res = train(r, plugins, log=lambda m: None)
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    ranks = torch.load(res.run_dir / "ranks.pt", weights_only=True)
+    configured = "test_history_excluded" if exclude else "test_history_kept"
+    assert summary[configured] == summary["test"] and torch.equal(ranks[configured], ranks["test"])
+    kept, excluded = ranks["test_history_kept"], ranks["test_history_excluded"]
+    assert bool((kept >= excluded).all()) and bool((kept > excluded).any())  # history items compete only when kept
+    for name in ("test_history_kept", "test_history_excluded"):
+        assert summary[name] == pytest.approx(metrics_from_ranks(ranks[name].long(), (5, 10)))
+    # both are the plain evaluation of the same best checkpoint
+    data, _, model = prepare(r, plugins)
+    model.load_state_dict(torch.load(res.run_dir / "best.pt", weights_only=True))
+    for name, flag in (("test_history_kept", False), ("test_history_excluded", True)):
+        plain = evaluate(model.encoder, eval_set(data, "test"), data.num_items, model.max_len, exclude_history=flag)
+        assert torch.equal(plain.ranks, ranks[name].long())
 
 
 def test_early_stopping_and_best_weights(plugins, tmp_path, tiny_file):

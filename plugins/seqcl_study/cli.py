@@ -62,8 +62,9 @@ def _echo_err(msg: str) -> None:
 
 
 report_options = [
-    click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True,
-                 help="Which split's metrics and ranks."),
+    click.option("--split", type=click.Choice(["test", "valid", "test_history_excluded", "test_history_kept"]),
+                 default="test", show_default=True,
+                 help="Which split's metrics and ranks (test_history_*: the test split under either protocol)."),
     click.option("--test", "test", type=click.Choice(["ttest", "wilcoxon"]), default="ttest", show_default=True,
                  help="Paired test over users."),
     click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=2000, show_default=True,

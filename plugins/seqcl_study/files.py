@@ -42,6 +42,27 @@ def read_json_dict(path: str | Path, required: tuple[str, ...] = ()) -> dict[str
     return data
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one a line; a DataError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({one_line(exc)}; {_HINT})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {n}: not JSON ({exc.msg}; {_HINT})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(record).__name__} ({_HINT})")
+        out.append(record)
+    return out
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The parsed YAML mapping (an empty file is an empty mapping); a DataError if unreadable."""
     path = Path(path)

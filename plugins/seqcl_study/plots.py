@@ -1,10 +1,12 @@
-"""PNG line plots of one-parameter sweeps (the paper's Figures 3–4): metric vs value.
+"""PNG line plots of one-parameter sweeps (the paper's Figures 3–4): metric vs value; learning curves.
 
 A *sweep* is a variant whose rows differ in exactly one numeric key: its own
 ``grid`` with one key, or a one-key top-level grid (then across the tables).
 Each plot shows HR, NDCG and MRR at the smallest K (as in the paper), mean ±
 std over seeds as error bars, and the baseline as dotted lines. Search studies
-get one scatter per numeric parameter instead.
+get one scatter per numeric parameter instead. Grid studies also get
+``plot-curves.png``: the validation headline metric per epoch of every run
+(one colour per row, one line style per seed), from each run's ``metrics.jsonl``.
 
 The plotted numbers are embedded as JSON in the PNG's ``Description`` text
 chunk (``PIL.Image.open(p).text["Description"]``), so a plot can be checked
@@ -148,10 +150,46 @@ def plot_search(report: Report) -> list[Path]:
     return out
 
 
+def plot_curves(report: Report) -> Path | None:
+    """Valid headline metric per epoch, every row and seed; None when no run has ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for t in report.tables for a in t.arms]
+    seeds = sorted({r.seed for a in arms for r in a.runs})
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    data: dict[str, Any] = {"metric": report.metric, "series": {}}
+    for i, arm in enumerate(arms):
+        for run in arm.runs:
+            history = [r for r in run.history() if report.metric in r.get("valid", {})]
+            if not history:
+                continue
+            xs = [int(r["epoch"]) for r in history]
+            ys = [float(r["valid"][report.metric]) for r in history]
+            label = arm.label if run is arm.runs[0] else None
+            ax.plot(xs, ys, color=f"C{i % 10}", linestyle=styles[seeds.index(run.seed) % len(styles)],
+                    linewidth=1.1, marker="." if len(xs) < 10 else None, label=label)
+            data["series"][run.run] = {"row": arm.label, "seed": run.seed, "epoch": xs, "valid": ys}
+    if not data["series"]:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {report.metric.upper()}")
+    style_note = ", ".join(f"seed {s} {styles[j % len(styles)]}" for j, s in enumerate(seeds))
+    ax.set_title(f"{report.name}: learning curves ({style_note})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, report.study_dir / "plot-curves.png", data)
+
+
 def make_plots(report: Report) -> list[Path]:
-    """Every plot of the report (none when nothing is swept)."""
+    """Every plot of the report: sweeps (none when nothing is swept) and, for grids, the learning curves."""
     for old in report.study_dir.glob("plot-*.png"):
         old.unlink()
     if report.mode == "search":
         return plot_search(report)
-    return [plot_sweep(s, report) for s in find_sweeps(report)]
+    curves = plot_curves(report)
+    return [plot_sweep(s, report) for s in find_sweeps(report)] + ([curves] if curves else [])

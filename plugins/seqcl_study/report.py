@@ -31,7 +31,7 @@ from seqcl.errors import ConfigError
 
 from .files import read_json, read_json_dict
 from .results import Arm, Report, RunResult, Table, group_label
-from .stats import compare_users, ks_of, metric_names, seed_average
+from .stats import compare_seeds, compare_users, ks_of, metric_names, seed_average
 
 
 # ---------------------------------------------------------------- loading
@@ -99,6 +99,10 @@ def build_report(study_dir: str | Path, *, split: str = "test", test: str = "tte
         raise ConfigError(f"{study_dir}: no finished runs yet")
     metrics = metric_names(ks_of(list(runs[0].summary[split])))
     tables = _arms(info, runs)
+    references = info["spec"].get("references") or {}
+    for arm in (a for t in tables for a in t.arms):
+        if not arm.point and arm.variant in references:
+            arm.reference = references[arm.variant]
     notes: list[str] = []
     if info["mode"] == "search":
         for t in tables:
@@ -112,9 +116,12 @@ def build_report(study_dir: str | Path, *, split: str = "test", test: str = "tte
         except (FileNotFoundError, KeyError, ValueError) as exc:
             notes.append(f"{group_label(table.group) or 'table'}: no significance tests ({exc})")
             continue
+        base_seeds = {r.seed: float(r.summary[split][info["metric"]]) for r in base.runs}
         for arm in table.arms:
             if arm is base:
                 continue
+            arm.over_seeds = compare_seeds(
+                base_seeds, {r.seed: float(r.summary[split][info["metric"]]) for r in arm.runs}, info["metric"])
             try:
                 users = seed_average([r.ranks(split) for r in arm.runs], ks_of(metrics))
                 if len(next(iter(users.values()))) != len(next(iter(base_users.values()))):
@@ -203,7 +210,13 @@ def markdown(report: Report) -> str:
                     rel = arm.mean(report.metric, report.split) / table.baseline.mean(report.metric, report.split) - 1
                     row.append(_pct(rel))
             lines.append("| " + " | ".join(row) + " |")
+            if arm.reference:
+                ref = ["↳ *" + str(arm.reference["source"]) + "*", ""] + ([""] if search else [])
+                ref += [_fmt(arm.reference[m]) if m in arm.reference else "" for m in report.metrics]
+                lines.append("| " + " | ".join(ref + ([""] if table.baseline else [])) + " |")
         lines.append("")
+        if not search:
+            lines += _cost_table(table)
         compared = [a for a in table.arms if a.comparisons]
         if compared:
             c0 = compared[0].comparisons[report.metrics[0]]
@@ -218,6 +231,15 @@ def markdown(report: Report) -> str:
                                  f"{_pct(c.improve)} | [{_signed(c.ci_low)}, {_signed(c.ci_high)}] | "
                                  f"{_p(c.p)}{c.stars} |")
             lines.append("")
+        seeded = [a for a in table.arms if a.over_seeds is not None]
+        if seeded:
+            lines += [f"Over seeds ({head}, {report.split} split; paired t-test over the seeds both arms ran, "
+                      "little power with 3 seeds):", "",
+                      f"| variant | seeds paired | mean Δ {head} | p |", "|---|---|---:|---:|"]
+            for arm in seeded:
+                c = arm.over_seeds
+                lines.append(f"| {arm.label} | {', '.join(map(str, c.seeds))} | {_signed(c.delta)} | {_p(c.p)} |")
+            lines.append("")
     if report.plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in report.plots] + [""]
     if report.missing:
@@ -226,6 +248,37 @@ def markdown(report: Report) -> str:
     for note in report.notes:
         lines += [f"Note: {note}", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _cost_table(table: Table) -> list[str]:
+    """Best epoch, epochs run and wall time per arm (from summary.json and metrics.jsonl)."""
+    lines = ["Training cost (mean ± std over seeds; s / epoch includes validation):", "",
+             "| variant | best epoch | epochs run | s / epoch | wall time per run | wall time, all seeds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for arm in table.arms:
+        best, run, secs = (arm.summary_values(k) for k in ("best_epoch", "epochs_run", "seconds"))
+        per_epoch = [r.seconds_per_epoch() for r in arm.runs]
+        per_epoch = [x for x in per_epoch if not math.isnan(x)]
+        lines.append(f"| {arm.label} | {_mean_std(best, 1)} | {_mean_std(run, 1)} | {_mean_std(per_epoch, 1)} | "
+                     f"{_duration(sum(secs) / len(secs)) if secs else '–'} | {_duration(sum(secs)) if secs else '–'} |")
+    return lines + [""]
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
 def csv_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:

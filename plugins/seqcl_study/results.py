@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .files import load_ranks
+from .files import load_ranks, read_jsonl
 from .plan import format_value
-from .stats import Comparison
+from .stats import Comparison, SeedComparison
 
 
 @dataclass
@@ -35,6 +35,16 @@ class RunResult:
         """FileNotFoundError if the run saved no ranks; a DataError naming a truncated file."""
         return load_ranks(self.run_dir / "ranks.pt", split)
 
+    def history(self) -> list[dict[str, Any]]:
+        """The per-epoch records of ``metrics.jsonl`` (empty when the file is absent)."""
+        path = self.run_dir / "metrics.jsonl"
+        return read_jsonl(path) if path.is_file() else []
+
+    def seconds_per_epoch(self) -> float:
+        """Mean wall seconds of an epoch (training and validation), from ``metrics.jsonl``; NaN without it."""
+        seconds = [float(r["seconds"]) for r in self.history() if "seconds" in r]
+        return float(np.mean(seconds)) if seconds else math.nan
+
 
 @dataclass
 class Arm:
@@ -47,6 +57,12 @@ class Arm:
     label: str
     is_baseline: bool = False
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    over_seeds: SeedComparison | None = None  # the headline metric against the baseline, paired over seeds
+    reference: dict[str, Any] | None = None  # published numbers for this variant (the study's references:)
+
+    def summary_values(self, key: str) -> list[float]:
+        """A number of each run's ``summary.json`` (``best_epoch``, ``epochs_run``, ``seconds``)."""
+        return [float(r.summary[key]) for r in self.runs if key in r.summary]
 
     def values(self, metric: str, split: str) -> list[float]:
         return [float(r.summary[split][metric]) for r in self.runs]

@@ -34,7 +34,8 @@ from typing import Any
 from seqcl.config import parse_assignment, read_yaml
 from seqcl.errors import ConfigError
 
-TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric")
+TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric",
+            "references")
 SEARCH_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Keys a study sets itself for every run; a study file may not set them.
@@ -97,6 +98,8 @@ class StudySpec:
     metric: str | None = None  # None → the base's train.metric
     description: str = ""
     source: str = "<study>"
+    #: variant → published numbers shown beside its row (e.g. the paper's Table 2): ``{"source": str, "hr@5": 0.05, …}``
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -338,8 +341,32 @@ def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, An
     if metric is not None and (not isinstance(metric, str) or not METRIC_RE.match(metric)):
         raise _err(source, f"metric must look like hr@10, ndcg@5 or mrr@10, got {metric!r}")
     description = data.get("description") or ""
+    references = _check_references(data.get("references"), variants, source)
     return StudySpec(study_name, base_tree, variants, grid, search, trials, list(seeds), baseline, metric,
-                     str(description), source)
+                     str(description), source, references)
+
+
+def _check_references(refs: Any, variants: dict[str, Variant], source: str) -> dict[str, dict[str, Any]]:
+    """``references: {variant: {source: "paper, Table 2", hr@5: 0.0582, …}}``: published numbers, shown, never used."""
+    if refs is None:
+        return {}
+    if not isinstance(refs, dict):
+        raise _err(source, f"references must be a mapping variant → {{source: ..., metric: value}}, got {type(refs).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for vname, body in refs.items():
+        if vname not in variants:
+            raise _err(source, f"references: {vname!r} is not a variant; variants: {', '.join(variants)}")
+        if not isinstance(body, dict) or not isinstance(body.get("source"), str):
+            raise _err(source, f"references: {vname}: needs a mapping with source: (a string) and metric values")
+        for key, value in body.items():
+            if key == "source":
+                continue
+            if not isinstance(key, str) or not METRIC_RE.match(key):
+                raise _err(source, f"references: {vname}: {key!r} is not a metric like hr@5, ndcg@10 or mrr@10")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _err(source, f"references: {vname}: {key} must be a number, got {value!r}")
+        out[str(vname)] = {k: (v if k == "source" else float(v)) for k, v in body.items()}
+    return out
 
 
 def load_spec(path: str | Path, assignments: list[str] | tuple[str, ...] = (), name: str | None = None) -> StudySpec:

@@ -18,6 +18,11 @@ far more powerful than comparing two means, and it is why every run saves
   replacement, ``numpy.random.default_rng(seed)`` — the same seed gives the
   same interval.
 
+* Over seeds (:func:`compare_seeds`): the headline metric of runs with the same
+  seed in both arms, paired t-test over those seeds. With 3 seeds it has little
+  power; it says whether a difference is stable across seeds, the user-level
+  test whether it is larger than the users' noise.
+
 No correction for multiple comparisons is applied; with many variants × six
 metrics, read single p-values near 0.05 with care.
 """
@@ -140,3 +145,24 @@ def compare_users(a: dict[str, np.ndarray], b: dict[str, np.ndarray], metrics: S
         out[m] = Comparison(m, ma, mb, mb - ma, (mb - ma) / ma if ma else math.nan, float(low[i]),
                             float(high[i]), paired_p(a[m], b[m], test), test, int(diffs.shape[0]))
     return out
+
+
+@dataclass
+class SeedComparison:
+    """B against A on one metric, paired over the seeds both arms ran."""
+
+    metric: str
+    seeds: list[int]
+    delta: float  # mean over the paired seeds of b - a
+    p: float  # paired t-test over seeds (NaN with fewer than 2 seeds)
+
+
+def compare_seeds(a: dict[int, float], b: dict[int, float], metric: str) -> SeedComparison | None:
+    """Pair the per-seed values ``{seed: value}`` of two arms; None when no seed is shared."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    va = np.array([a[s] for s in seeds], dtype=np.float64)
+    vb = np.array([b[s] for s in seeds], dtype=np.float64)
+    p = paired_p(va, vb, "ttest") if len(seeds) > 1 else math.nan
+    return SeedComparison(metric, seeds, float(np.mean(vb - va)), p)

@@ -158,3 +158,50 @@ def test_compare_two_runs(tiny_study, capsys):
     assert "+0.0000" in out and " 1.0000" in out and "*" not in out.split("p:")[1]
     assert main(["compare", str(a), str(tiny_study)]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_learning_curves_plot_every_run_from_its_metrics(tiny_study):
+    md = (tiny_study / "report.md").read_text()
+    assert "![plot-curves](plot-curves.png)" in md
+    data = json.loads(Image.open(tiny_study / "plot-curves.png").text["Description"])
+    assert sorted(data["series"]) == sorted(r for runs in ARMS.values() for r in runs)
+    for run, series in data["series"].items():
+        records = [json.loads(x) for x in (tiny_study / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        assert series["epoch"] == [r["epoch"] for r in records]
+        assert series["valid"] == pytest.approx([r["valid"]["mrr@10"] for r in records])
+
+
+def test_cost_table_and_over_seed_test_match_the_runs(tiny_study):
+    md = (tiny_study / "report.md").read_text()
+    summaries = {r: json.loads((tiny_study / "runs" / r / "summary.json").read_text()) for r in ARMS["aclsrec"]}
+    best = [s["best_epoch"] for s in summaries.values()]
+    cost = next(line for line in md.splitlines() if line.startswith("| aclsrec |") and line.endswith(" s |"))
+    cells = [c.strip() for c in cost.strip("|").split("|")]
+    mean, sd = statistics.mean(best), statistics.stdev(best)
+    assert cells[1] == f"{mean:.1f} ± {sd:.1f}"
+    # over seeds: headline metric paired by seed, scipy's paired t-test
+    base = [json.loads((tiny_study / "runs" / r / "summary.json").read_text())["test"]["mrr@10"]
+            for r in ARMS["sasrec"]]
+    arm = [summaries[r]["test"]["mrr@10"] for r in ARMS["aclsrec"]]
+    seeds = next(line for line in md.splitlines() if line.startswith("| aclsrec | 1, 2 |"))
+    cells = [c.strip() for c in seeds.strip("|").split("|")]
+    assert cells[2] == f"{statistics.mean(a - b for a, b in zip(arm, base)):+.4f}"
+    p = 1.0 if arm == base else stats.ttest_rel(arm, base).pvalue
+    assert cells[3] == ("–" if np.isnan(p) else f"{p:.4f}" if p >= 1e-4 else "<1e-4")
+
+
+def test_references_shown_beside_their_row(tiny_study, tmp_path):
+    import shutil
+
+    from seqcl_study.report import build_report, markdown
+
+    study = tmp_path / "tiny"
+    shutil.copytree(tiny_study, study)
+    info = json.loads((study / "study.json").read_text())
+    info["spec"]["references"] = {"aclsrec": {"source": "paper, Table 2", "hr@5": 0.0582, "mrr@10": 0.0357}}
+    (study / "study.json").write_text(json.dumps(info))
+    md = markdown(build_report(study, n_boot=0))
+    lines = md.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("| aclsrec | 2 |"))
+    ref = [c.strip() for c in lines[row + 1].strip("|").split("|")]
+    assert ref[0] == "↳ *paper, Table 2*" and ref[2] == "0.0582" and ref[7] == "0.0357" and ref[3] == ""

@@ -44,6 +44,10 @@ def spec(**fields):
     ({"search": {"loss.tau": {"type": "float", "low": 0.1, "high": 1}}, "trials": 2, "grid": {"x": [1]}},
      "search and grid exclude each other"),
     ({"variants": {"a": {}, "b": {"grid": {"loss.tau": [1, 2]}}}, "baseline": "b"}, "the baseline must be one"),
+    ({"references": {"z": {"source": "x"}}}, "references: 'z' is not a variant"),
+    ({"references": {"a": {"hr@5": 0.1}}}, "references: a: needs a mapping with source:"),
+    ({"references": {"a": {"source": "x", "auc": 0.1}}}, "references: a: 'auc' is not a metric"),
+    ({"references": {"a": {"source": "x", "hr@5": "high"}}}, "references: a: hr@5 must be a number"),
 ])
 def test_shape_errors_name_the_key(fields, message):
     with pytest.raises(ConfigError) as info:
@@ -142,3 +146,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 def test_config_diff_separates_changes_from_new_options():
     assert config_diff({"a": 1, "b": 2, "old": 0}, {"a": 1, "b": 3, "new": 0}) == (["b"], ["new", "old"])
     assert config_diff({"a": 1}, {"a": 1}) == ([], [])
+
+
+def test_references_are_kept_in_the_saved_spec():
+    parsed = parse_spec(spec(references={"a": {"source": "paper, Table 2", "hr@5": 0.0582}}), "s.yaml")
+    assert parsed.to_dict()["references"] == {"a": {"source": "paper, Table 2", "hr@5": 0.0582}}

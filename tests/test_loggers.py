@@ -177,3 +177,65 @@ def test_interrupt_and_resume(plugins, tmp_path, tiny_file):
     second = Recorder.runs[1]
     assert second.context.resumed and second.context.start_step == per_epoch
     assert second.steps[0]["step"] == per_epoch + 1 and [e["epoch"] for e in second.epochs] == [2]
+
+
+# ---------------------------------------------------------------- the W&B and MLflow examples of docs/loggers.md
+
+
+def doc_plugin(marker: str):
+    """The python block of docs/loggers.md that registers ``marker``, executed as a module."""
+    import re
+    import types
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "loggers.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if f'register("{marker}"' in b]
+    module = types.ModuleType(f"doc_{marker}")
+    exec(compile(code, f"docs/loggers.md ({marker})", "exec"), module.__dict__)
+    return module
+
+
+class FakeService:
+    """Records the calls a doc example makes to wandb / mlflow (neither is installed here)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.summary: dict = {}
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return call
+
+    def named(self, name):
+        return [(args, kwargs) for n, args, kwargs in self.calls if n == name]
+
+
+@pytest.mark.parametrize("service", ["wandb", "mlflow"])
+def test_doc_examples_follow_the_contract(tmp_path, tiny_file, monkeypatch, service):
+    import sys
+
+    fake = FakeService()
+    monkeypatch.setitem(sys.modules, service, fake)
+    plugins = load_plugins(extra_objects=(doc_plugin(service),))
+    r = config(plugins, tmp_path, "train.epochs=2", f"run.loggers={service}", dataset=tiny_file)
+    result = train(r, plugins, log=quiet)
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    test = json.loads((result.run_dir / "summary.json").read_text())["test"]
+    if service == "wandb":
+        (_, init), = fake.named("init")
+        assert init["name"] == result.run_dir.name and init["config"]["run"]["loggers"] == ["wandb"]
+        logged = [(args[0], kwargs["step"]) for args, kwargs in fake.named("log")]
+        epochs = [(values, step) for values, step in logged if "epoch" in values]
+        assert [values["valid/mrr@10"] for values, _ in epochs] == [x["valid"]["mrr@10"] for x in lines]
+        steps = [step for _, step in logged]
+        assert steps == sorted(steps)  # W&B needs steps that never go back
+        assert fake.summary == {f"test/{k}": v for k, v in test.items()}
+        assert fake.named("finish") == [((), {"exit_code": 0})]
+    else:
+        metrics = fake.named("log_metrics")
+        assert [a[0]["valid_mrr_at_10"] for a, kw in metrics if "step" in kw] == [x["valid"]["mrr@10"] for x in lines]
+        assert metrics[-1][0][0] == {f"test_{k.replace('@', '_at_')}": v for k, v in test.items()}
+        assert fake.named("log_params")[0][0][0]["run.loggers"] == "['mlflow']"
+        assert fake.named("end_run") == [((), {"status": "FINISHED"})]

@@ -53,13 +53,25 @@ def open_records(path: Path, member: str | None, member_sha256: str | None) -> I
         hashes = Hashes()
 
         def lines() -> Iterator[bytes]:
-            for line in stream:
-                hashes.update(line)
-                yield line
+            with _bar(path) as bar:
+                for line in stream:
+                    hashes.update(line)
+                    bar.update(1)
+                    yield line
             if member_sha256:
                 hashes.check(f"{path}:{member}", member_sha256, None)
 
         yield lines()
+
+
+def _bar(path: Path):
+    """A line counter on stderr while reading (the Yelp file has millions); only on a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(desc=f"reading {path.name}", unit=" lines", unit_scale=True, leave=False, file=sys.stderr,
+                disable=not sys.stderr.isatty(), miniters=10_000)
 
 
 def _open(path: Path, member: str | None, stack: ExitStack) -> IO[bytes]:

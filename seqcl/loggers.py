@@ -88,11 +88,11 @@ class Loggers:
         """Build the loggers named in ``run.loggers``; one that cannot start is a :class:`PluginError`."""
         built: list[tuple[str, Logger]] = []
         for name in names:
-            component = registry.get("logger", name)
             try:
+                component = registry.get("logger", name)
                 built.append((name, component.factory(context)))
             except Exception as exc:
-                cls(built, warn).close("failed", None)
+                cls(built, warn).close("failed", None)  # the ones already started
                 if isinstance(exc, SeqclError):
                     raise
                 raise PluginError(f"logger {name} (plugin {component.plugin}) cannot start: {one_line(exc)}") from None

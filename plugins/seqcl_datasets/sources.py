@@ -76,8 +76,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("yelp", "Yelp", "Yelp Open Dataset reviews of 2019 (S3-Rec's window)",
            None, "yelp-json", member="yelp_academic_dataset_review.json",
            manual="Yelp has no direct download URL (its terms are accepted at https://www.yelp.com/dataset); "
-                  "download the JSON there, then: seqcl data get yelp --from PATH (the review .json, "
-                  "or the .tar/.zip holding it)"),
+                  "download the JSON there, then: seqcl data get yelp --from PATH (yelp_dataset.tar, "
+                  "or the yelp_academic_dataset_review.json in it)"),
     Source("ml-1m", "ml-1m", "MovieLens 1M ratings (GroupLens)",
            Remote(GROUPLENS + "ml-1m.zip", md5="c4d9eecfca2ab87c1945afe126590906"), "movielens-dat",
            member="ml-1m/ratings.dat",

@@ -88,12 +88,14 @@ def cli(debug: bool) -> None:
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--seed", type=int, help="Shortcut for --set train.seed=N.")
 @click.option("--device", help="Shortcut for --set train.device=DEVICE (cpu, cuda).")
+@click.option("--logger", "loggers", multiple=True, metavar="NAME",
+              help="Send records to a logger plugin, e.g. tensorboard (repeatable; --set run.loggers=[...]).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR",
               help="Continue an interrupted run from its last.pt (its config.yaml is used; no other options).")
 @plugin_option
 def train(config_file, dataset, augmenter, encoder, objective, assignments, with_terms, without_terms, epochs, seed, device,
-          dry_run, resume_dir, plugin_modules) -> None:
+          loggers, dry_run, resume_dir, plugin_modules) -> None:
     """Train a model and print valid/test metrics at the best epoch.
 
     A checkpoint (last.pt) is written after every epoch; after Ctrl-C, a kill or
@@ -107,7 +109,7 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
     shortcuts = [("--dataset", "dataset", dataset), ("--augmenter", "augmenter", augmenter),
                  ("--encoder", "encoder", encoder), ("--objective", "objective", objective),
                  ("--epochs", "train.epochs", epochs), ("--seed", "train.seed", seed),
-                 ("--device", "train.device", device)]
+                 ("--device", "train.device", device), ("--logger", "run.loggers", list(loggers) or None)]
     if resume_dir is not None:
         others = [("--config", config_file), ("--set", assignments), ("--with", with_terms),
                   ("--without", without_terms), ("--dry-run", dry_run)]

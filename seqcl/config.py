@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from seqcl.data.options import DataOptions
-from seqcl.errors import ConfigError
+from seqcl.errors import ConfigError, PluginError
 from seqcl.registry import AugmenterInfo, Registry, declared_pairs
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
@@ -86,6 +86,7 @@ class RunOptions:
     dir: str = "runs"
     name: str = ""  # "" → <time>-<augmenter>-<dataset>
     save_ranks: bool = True
+    loggers: list[str] = field(default_factory=list)  # logger plugins to send records to (seqcl.loggers)
 
 
 CORE_SECTIONS: dict[str, type] = {
@@ -155,6 +156,18 @@ def check_terms(registry: Registry, resolved: "Resolved") -> None:
         check = getattr(registry.get("loss_term", name).factory, "check", None)
         if callable(check):
             check(resolved.term_options[name], info)
+
+
+def check_loggers(registry: Registry, names: list[str]) -> None:
+    """Every name in ``run.loggers`` is a registered logger, named once (checked for ``--dry-run``)."""
+    for name in names:
+        try:
+            registry.get("logger", name)
+        except PluginError as exc:
+            raise ConfigError(f"run.loggers: {exc}") from None
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"run.loggers: {', '.join(repeated)} named more than once")
 
 
 def _positive(obj: Any, section: str, *names: str) -> None:
@@ -440,6 +453,7 @@ def resolve(
         if opts is not None:
             tree[comp.name] = dataclasses.asdict(opts)
     check_terms(registry, resolved)
+    check_loggers(registry, resolved.run.loggers)
     check_encoder(encoder, augmenter.name, resolved.augmenter_options)
     check_dataset(resolved.dataset)
     return resolved

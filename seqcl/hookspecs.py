@@ -98,3 +98,18 @@ def register_objectives(register: Register) -> None:
     later run starts from its ``best.pt`` (``train.init_from``, planned with the
     training-loop hooks), so no stage logic lives in an objective.
     """
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register run loggers (kind ``logger``): where training records go besides ``metrics.jsonl``.
+
+    Called once per plugin at start-up. ``factory(context)`` gets a
+    :class:`seqcl.loggers.LoggerContext` (run folder, resolved config, first
+    step) when a run that enabled it starts, and returns a
+    :class:`seqcl.loggers.Logger`; ``options`` is not used (a logger reads its
+    own settings, e.g. an environment variable). A run enables loggers by name
+    with ``run.loggers`` (``--logger NAME``); only those are built. Every
+    implementation is called; names must be unique across all plugins. See
+    ``docs/loggers.md`` (TensorBoard ships; W&B and MLflow are shown there).
+    """

@@ -39,6 +39,7 @@ REGISTER_HOOKS = {
     "augmenter": "register_augmenters",
     "loss_term": "register_loss_terms",
     "objective": "register_objectives",
+    "logger": "register_loggers",
 }
 
 

@@ -1,4 +1,4 @@
-"""Name → factory registry for encoders, augmenters and loss terms (timm-style).
+"""Name → factory registry for encoders, augmenters, loss terms, objectives and loggers (timm-style).
 
 Filled once by the plugin manager from the ``register_*`` hooks, one plugin at a
 time and all or nothing (:meth:`Registry.add_all`), so a plugin that fails half
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from seqcl.errors import PluginError
 
-KINDS = ("encoder", "augmenter", "loss_term", "objective")
+KINDS = ("encoder", "augmenter", "loss_term", "objective", "logger")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
 from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
+from seqcl.loggers import LoggerContext, Loggers
 from seqcl.memory import limit_heap_growth
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
@@ -267,14 +268,17 @@ def make_optimizer(model: Model, resolved: Resolved) -> torch.optim.Optimizer:
 def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSamples, resolved: Resolved,
                 generator: torch.Generator, device: torch.device, max_batches: int | None = None,
                 progress: str | None = None, log: Callable[[str], None] | None = None,
-                first: dict[str, float] | None = None) -> tuple[dict[str, Tensor], dict[str, int], int]:
+                first: dict[str, float] | None = None,
+                on_step: Callable[[int, StepOutput], None] | None = None,
+                ) -> tuple[dict[str, Tensor], dict[str, int], int]:
     """One pass over shuffled batches (or the first ``max_batches``): step, backward, Adam.
 
     Returns the summed (detached) loss parts, the skip counts and the number of
     batches. A non-finite loss raises :class:`NonFiniteLoss` at its step, before
     the optimizer touches the weights (one host sync per step: free on CPU, a
     few microseconds on CUDA). ``first``, if given and empty, receives the first
-    step's loss parts (for the divergence warning).
+    step's loss parts (for the divergence warning). ``on_step(b, output)``, if
+    given, is called after the ``b``-th optimizer step (1-based; the loggers).
     """
     t = resolved.train
     model.train(True)
@@ -307,6 +311,8 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
         for name in out.skipped:
             skipped[name] = skipped.get(name, 0) + 1
         n_batches += 1
+        if on_step is not None:
+            on_step(n_batches, out)
     return sums, skipped, n_batches
 
 
@@ -421,17 +427,36 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     else:
         _warn_trivial(valid_set, data, resolved, log)
         run = _new_run_dir(resolved, plugins)
+    loggers = _start_loggers(resolved, plugins, run, state, len(samples), resumed=ckpt is not None, log=log)
     log(f"run dir {run.final} | {data.num_users} users, {data.num_items} items, {len(samples)} training samples")
     try:
         result = _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log,
-                      state, ckpt["best_model"] if ckpt else None, key)
+                      state, ckpt["best_model"] if ckpt else None, key, loggers)
         final = run.finish()
-    except (KeyboardInterrupt, NonFiniteLoss):
+    except KeyboardInterrupt:
+        loggers.close("interrupted")
         raise  # _fit said what is kept and how to resume
+    except NonFiniteLoss:
+        loggers.close("failed")
+        raise
     except BaseException:
+        loggers.close("failed")
         log(f"run stopped; partial results left in {run.path}")
         raise
     return dataclasses.replace(result, run_dir=final)
+
+
+def _start_loggers(resolved: Resolved, plugins: LoadedPlugins, run: RunDir, state: FitState, n_samples: int,
+                   resumed: bool, log: Callable[[str], None]) -> Loggers:
+    """The loggers of ``run.loggers``; one that cannot start leaves no new run folder behind."""
+    start_step = state.epoch * math.ceil(n_samples / resolved.train.batch_size)
+    context = LoggerContext(run.path, run.final.name, resolved.tree, start_step, resumed)
+    try:
+        return Loggers.start(resolved.run.loggers, plugins.registry, context, log)
+    except BaseException:
+        if not resumed:
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing trained yet
+        raise
 
 
 def _warn_trivial(valid_set: Any, data: SequenceData, resolved: Resolved, log: Callable[[str], None]) -> None:
@@ -502,8 +527,10 @@ def _divergence_warnings(losses: dict[str, float], state: FitState, weights: dic
 
 
 def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log, state,
-         best_state, data_key) -> TrainResult:
+         best_state, data_key, loggers: Loggers | None = None) -> TrainResult:
     t = resolved.train
+    loggers = loggers or Loggers([], log)
+    per_epoch = math.ceil(len(samples) / t.batch_size)  # batches, hence steps, per epoch
     records = [r for r in run.read_jsonl("metrics.jsonl") if r["epoch"] <= state.epoch]
     started = time.perf_counter() - state.seconds
     if best_state is not None and state.best_epoch:  # a kill between best.pt and last.pt: rewrite it
@@ -513,9 +540,11 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
         while not state.stopped and state.epoch < t.epochs:
             epoch = state.epoch + 1
             epoch_start = time.perf_counter()
+            on_step = _step_logger(loggers, epoch, per_epoch) if loggers.wants_steps else None
             try:
                 sums, skipped, n_batches = train_epoch(model, optimizer, samples, resolved, generator, device,
-                                                       progress=f"epoch {epoch}", log=log, first=state.first)
+                                                       progress=f"epoch {epoch}", log=log, first=state.first,
+                                                       on_step=on_step)
             except NonFiniteLoss as exc:
                 kept = f"epoch {state.epoch} kept in {run.path}" if state.epoch else f"no epoch finished; {run.path}"
                 reason = f"epoch {epoch}, {exc}"
@@ -545,6 +574,7 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
             run.save(LAST, checkpoint.build(model.state_dict(), optimizer, generator, state, best_state,
                                             resolved.tree, data_key))
             saved = epoch
+            loggers.epoch({**records[-1], "step": epoch * per_epoch})
             parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
             log(f"epoch {epoch:3d} | {parts} | valid {t.metric} {score:.4f}{' *' if improved else ''} | {seconds:.1f}s")
             if state.stopped:
@@ -570,7 +600,19 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
         "seed": t.seed, "peak_rss_mb": peak_rss_mb(),
     }
     run.write_json("summary.json", summary)
+    loggers.close("finished", summary)
     return TrainResult(run.final, state.best_epoch, valid_result.metrics, test_result.metrics, state.epoch, total)
+
+
+def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int, StepOutput], None]:
+    """The per-step callback of one epoch: global step numbers, losses as floats (a host sync each)."""
+
+    def on_step(batch: int, out: StepOutput) -> None:
+        loggers.step({"step": (epoch - 1) * per_epoch + batch, "epoch": epoch,
+                      "loss": {name: float(value) for name, value in out.parts.items()},
+                      "total": float(out.total.detach())})
+
+    return on_step
 
 
 def peak_rss_mb() -> float | None:

@@ -1,4 +1,4 @@
-"""Shipped plugin: the ``seqcl study`` and ``seqcl compare`` commands (``pip install 'seqcl[study]'``).
+"""Shipped plugin: the ``seqcl study``, ``seqcl compare`` and ``seqcl plot`` commands (``pip install 'seqcl[study]'``).
 
 Studies are many runs of one experiment (ablation, sweep, comparison), with a report.
 A study file (YAML, :mod:`seqcl_study.spec`) names a base config, variants, an
@@ -8,7 +8,8 @@ it into runs and checks every run's config before anything trains;
 default, any SQLAlchemy URL) so that several processes or machines share one
 study without running a finished run twice; :mod:`seqcl_study.runner` trains;
 :mod:`seqcl_study.report` and :mod:`seqcl_study.compare` turn run directories
-into tables, plots and paired significance tests (:mod:`seqcl_study.stats`).
+into tables, plots and paired significance tests (:mod:`seqcl_study.stats`);
+:mod:`seqcl_study.curves` draws learning curves of run folders (``seqcl plot``).
 
 The plugin adds its commands through ``register_commands``; the core never
 imports it. Its dependencies (Optuna, SQLAlchemy, SciPy, matplotlib) are the
@@ -28,3 +29,4 @@ from . import cli as commands  # not ``from .cli import compare``: the submodule
 def register_commands(cli):
     cli.add_command(commands.study)
     cli.add_command(commands.compare)
+    cli.add_command(commands.plot)

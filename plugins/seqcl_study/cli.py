@@ -23,6 +23,7 @@ NEEDS = {
     "study": ("optuna", "sqlalchemy", "scipy", "matplotlib"),  # the ledger, then the report
     "study report": ("scipy", "matplotlib"),
     "compare": ("scipy",),
+    "plot": ("matplotlib",),
 }
 
 
@@ -202,3 +203,17 @@ def compare(run_a: str, run_b: str, split: str, test: str, n_boot: int, boot_see
     ra, rb, rows = compare_runs(run_a, run_b, split=split, test=test, n_boot=n_boot, seed=boot_seed)
     click.echo(format_comparison(ra, rb, rows, split, n_boot, boot_seed))
 
+
+
+@click.command("plot")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", default="curves.png", show_default=True, type=click.Path(dir_okay=False),
+              help="The PNG to write.")
+@click.option("--metric", help="Validation metric to draw (default: the first run's train.metric).")
+def plot(run_dirs: tuple[str, ...], output: str, metric: str | None) -> None:
+    """Learning curves of RUN_DIR… (valid metric and each loss term per epoch, runs overlaid) to a PNG."""
+    require_extra("plot")
+    from .curves import plot_curves, read_curves
+
+    path = plot_curves([read_curves(d) for d in run_dirs], output, metric)
+    click.echo(str(path))

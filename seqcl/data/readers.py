@@ -250,6 +250,25 @@ def _size(path: str | Path) -> int:
 # ---------------------------------------------------------------- tables
 
 
+def interactions_from_columns(source: str, users: Sequence[str], items: Sequence[str],
+                              timestamps: Sequence[float] | np.ndarray) -> RawInteractions:
+    """Columns already read (a JSON or ``::`` file a data set ships in) → :class:`RawInteractions`.
+
+    Row ``i`` counts as line ``i + 1`` of ``source`` in messages; ids are tokens, as in a CSV.
+    """
+    if not len(users):
+        raise DataError(f"{source}: no data rows")
+    line_no = np.arange(1, len(users) + 1)
+    user_codes, user_tokens = _token_column(users, "user", source, line_no)
+    item_codes, item_tokens = _token_column(items, "item", source, line_no)
+    times = np.asarray(timestamps, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(times))
+    if bad.size:
+        raise DataError(f"{source}:{bad[0] + 1}: timestamp {times[bad[0]]!r} is not a finite number")
+    return RawInteractions(source, user_codes, item_codes, times, user_tokens, item_tokens, True)
+
+
+
 def read_inter(path: str | Path) -> RawInteractions:
     """Read a RecBole ``.inter`` file: tab separated, typed header, columns by name."""
     src = str(path)

@@ -150,6 +150,14 @@ def plot_search(report: Report) -> list[Path]:
     return out
 
 
+def _valid_curve(run_dir: Path, metric: str) -> tuple[list[int], list[float | None]]:
+    """Epochs and the valid metric of one run, read as ``seqcl plot`` reads them."""
+    from .curves import read_curves
+
+    curves = read_curves(run_dir)
+    return curves.epochs, curves.valid.get(metric, [None] * len(curves.epochs))
+
+
 def plot_curves(report: Report) -> Path | None:
     """Valid headline metric per epoch, every row and seed; None when no run has ``metrics.jsonl``."""
     import matplotlib
@@ -164,11 +172,10 @@ def plot_curves(report: Report) -> Path | None:
     data: dict[str, Any] = {"metric": report.metric, "series": {}}
     for i, arm in enumerate(arms):
         for run in arm.runs:
-            history = [r for r in run.history() if report.metric in r.get("valid", {})]
-            if not history:
+            points = [(e, y) for e, y in zip(*_valid_curve(run.run_dir, report.metric)) if y is not None]
+            if not points:
                 continue
-            xs = [int(r["epoch"]) for r in history]
-            ys = [float(r["valid"][report.metric]) for r in history]
+            xs, ys = [e for e, _ in points], [float(y) for _, y in points]
             label = arm.label if run is arm.runs[0] else None
             ax.plot(xs, ys, color=f"C{i % 10}", linestyle=styles[seeds.index(run.seed) % len(styles)],
                     linewidth=1.1, marker="." if len(xs) < 10 else None, label=label)

@@ -333,6 +333,7 @@ def resolve(
     overrides: list[tuple[str, Any]] | None = None,
     with_terms: list[str] | None = None,
     without_terms: list[str] | None = None,
+    check_data: bool = True,
 ) -> Resolved:
     """Merge defaults, a config file's mapping and ``--set`` overrides; validate.
 
@@ -341,7 +342,8 @@ def resolve(
     ``without``) are read first, because they decide which sections exist.
     Everything knowable without data is checked here, so ``--dry-run`` fails
     like a real run would: values, ``train.device``, the dataset's existence and
-    each loss term against the augmenter (:func:`check_terms`).
+    each loss term against the augmenter (:func:`check_terms`). ``check_data=False``
+    (loading a trained run, which needs no data) skips the dataset's existence.
     """
     file_config = copy.deepcopy(file_config or {})
     overrides = list(overrides or [])
@@ -441,7 +443,8 @@ def resolve(
             tree[comp.name] = dataclasses.asdict(opts)
     check_terms(registry, resolved)
     check_encoder(encoder, augmenter.name, resolved.augmenter_options)
-    check_dataset(resolved.dataset)
+    if check_data:
+        check_dataset(resolved.dataset)
     return resolved
 
 

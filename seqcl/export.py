@@ -19,8 +19,11 @@ one-line error, not a wrong model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -37,11 +40,11 @@ ATOL = 1e-4
 RTOL = 1e-4
 
 
-def example_items(batch: int, max_len: int, num_items: int, seed: int = 0) -> torch.Tensor:
-    """(batch, T) left-padded windows of lengths spread over 1..T, random real items."""
+def example_items(batch: int, max_len: int, num_items: int, seed: int = 0, longest: int | None = None) -> torch.Tensor:
+    """(batch, T) left-padded windows of lengths spread over 1..longest (default T), random real items."""
     gen = torch.Generator().manual_seed(seed)
     items = torch.randint(1, num_items + 1, (batch, max_len), generator=gen)
-    lengths = torch.linspace(1, max_len, batch).round().long()
+    lengths = torch.linspace(1, longest or max_len, batch).round().long()
     keep = torch.arange(max_len).unsqueeze(0) >= (max_len - lengths).unsqueeze(1)
     return items.where(keep, 0)
 
@@ -56,16 +59,18 @@ def export(run: Run, fmt: str, out: str | Path | None = None) -> Path:
     encoder.request_full_width()  # the layout without host-side shape work: traceable
     module = Scorer(encoder, run.num_items).eval()
     example = example_items(8, run.max_len, run.num_items)
-    check = example_items(5, run.max_len, run.num_items, seed=1)
-    check[:2, : run.max_len // 2] = 0  # other lengths than the example's
+    # other batch sizes, and a batch whose rows are all shorter than the example's longest
+    checks = [example_items(5, run.max_len, run.num_items, seed=1, longest=max(1, run.max_len // 2)),
+              example_items(3, run.max_len, run.num_items, seed=2)]
     with torch.inference_mode():
-        expected = Scorer(run.encoder, run.num_items).cpu().eval()(check)
+        reference = Scorer(run.encoder, run.num_items).cpu().eval()
+        expected = [reference(check) for check in checks]
     path = out / FILES[fmt]
     if fmt == "torchscript":
-        got = _torchscript(module, example, check, path)
+        got = _torchscript(module, example, checks, path)
     else:
-        got = _onnx(module, example, check, path)
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=ATOL, rtol=RTOL):
+        got = _onnx(module, example, checks, path)
+    if not all(g.shape == e.shape and torch.allclose(g, e, atol=ATOL, rtol=RTOL) for g, e in zip(got, expected)):
         path.unlink(missing_ok=True)
         raise SeqclError(f"encoder {run.config['encoder']!r} cannot be exported to {fmt}: the exported model's "
                          f"scores differ from the run's on other inputs (its graph depends on the input's "
@@ -79,25 +84,25 @@ def export(run: Run, fmt: str, out: str | Path | None = None) -> Path:
     return path
 
 
-def _torchscript(module: Scorer, example: torch.Tensor, check: torch.Tensor, path: Path) -> torch.Tensor:
+def _torchscript(module: Scorer, example: torch.Tensor, checks: list[torch.Tensor], path: Path) -> list[torch.Tensor]:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarning (checked below instead), TorchScript's deprecation
+        warnings.simplefilter("ignore")  # TracerWarning (checked by the caller instead), TorchScript's deprecation
         with torch.no_grad():
             traced = torch.jit.trace(module, (example,), check_trace=False)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
         with torch.no_grad():
-            return loaded(check)
+            return [loaded(check) for check in checks]
 
 
-def _onnx(module: Scorer, example: torch.Tensor, check: torch.Tensor, path: Path) -> torch.Tensor:
+def _onnx(module: Scorer, example: torch.Tensor, checks: list[torch.Tensor], path: Path) -> list[torch.Tensor]:
     try:
         import onnx  # noqa: F401  (the exporter's own dependency)
         import onnxruntime
     except ImportError as exc:
         raise SeqclError(f"--format onnx needs the onnx extra ({exc.name} is missing): "
                          "pip install 'seqcl[onnx]'") from None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _stdout_silenced():  # on failure the exporter prints its whole graph
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (example,), str(path), input_names=["items"], output_names=["scores"],
@@ -106,4 +111,19 @@ def _onnx(module: Scorer, example: torch.Tensor, check: torch.Tensor, path: Path
             path.unlink(missing_ok=True)
             raise SeqclError(f"onnx export failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["scores"], {"items": check.numpy()})[0])
+    return [torch.from_numpy(session.run(["scores"], {"items": check.numpy()})[0]) for check in checks]
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 to /dev/null (the ONNX exporter writes from C++, past ``sys.stdout``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -41,6 +41,9 @@ class IdMap:
     users: list[str]
     _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        return f"IdMap({len(self.items)} items, {len(self.users)} users)"
+
     @classmethod
     def of(cls, data: SequenceData) -> IdMap:
         """The data's maps; data built without maps (tests, synthetic tensors) gets identity ones."""

@@ -143,25 +143,27 @@ class Run:
 
     # ------------------------------------------------------------ outputs
 
-    @torch.inference_mode()
     def embed(self, histories: Sequence[History], skip_unknown: bool = False) -> Tensor:
         """(B, d) fp32 user representations of ``histories`` (the last ``max_len`` items of each)."""
-        self.encoder.eval()
-        parts = [self.encoder.encode(items).float().cpu() for _, items in self._batches(histories, skip_unknown)]
-        return torch.cat(parts) if parts else torch.zeros(0, self.encoder.hidden_size)
+        return _outside_inference(self._apply(self.encoder.encode, histories, skip_unknown, self.encoder.hidden_size))
 
-    @torch.inference_mode()
     def score(self, histories: Sequence[History], skip_unknown: bool = False) -> Tensor:
         """(B, N) fp32 scores; column j is item ``run.ids.items[j]``. Nothing is excluded."""
-        self.encoder.eval()
-        scorer = self.scorer
-        parts = [scorer(items).cpu() for _, items in self._batches(histories, skip_unknown)]
-        return torch.cat(parts) if parts else torch.zeros(0, self.num_items)
+        return _outside_inference(self._apply(self.scorer, histories, skip_unknown, self.num_items))
 
-    @torch.inference_mode()
     def item_embeddings(self) -> Tensor:
         """(N, d) fp32 item embeddings; row j is item ``run.ids.items[j]`` (the output layer)."""
-        return self.encoder.item_table()[1: self.num_items + 1].float().cpu().clone()
+        with torch.inference_mode():
+            table = self.encoder.item_table()[1: self.num_items + 1].float().cpu()
+        return _outside_inference(table)
+
+    @torch.inference_mode()
+    def _apply(self, fn: Callable[[Tensor], Tensor], histories: Sequence[History], skip_unknown: bool,
+               width: int) -> Tensor:
+        """``fn`` on the input windows of ``histories``, batch by batch → (B, width) fp32 on the CPU."""
+        self.encoder.eval()
+        parts = [fn(items).float().cpu() for _, items in self._batches(histories, skip_unknown)]
+        return torch.cat(parts) if parts else torch.zeros(0, width)
 
     @torch.inference_mode()
     def recommend(self, histories: Sequence[History], k: int = 10, exclude_history: bool = True,
@@ -195,6 +197,11 @@ class Run:
             raise ConfigError(f"{path}: no ranks (run.save_ranks was off, or the run is unfinished)")
         ranks = torch.load(path, map_location="cpu", weights_only=True)[split]
         return dict(zip(self.ids.users, ranks.tolist()))
+
+
+def _outside_inference(t: Tensor) -> Tensor:
+    """A normal tensor (an inference-mode tensor cannot enter autograd later)."""
+    return t.clone()
 
 
 def top_k(scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -84,6 +84,7 @@ def test_score_embed_and_item_embeddings_agree(tiny, run):
     h, table = run.embed(histories), run.item_embeddings()
     assert scores.shape == (7, run.num_items) and h.shape == (7, 16) and table.shape == (run.num_items, 16)
     assert torch.allclose(scores, h @ table.T, atol=1e-5)
+    assert not any(t.is_inference() for t in (scores, h, table))  # usable with autograd afterwards
     pairs = run.recommend(histories, k=3, scores=True, exclude_history=False)
     for row, best in enumerate(pairs):
         column = run.ids.items.index(best[0][0])
@@ -113,6 +114,7 @@ def test_unknown_ids_fail_or_are_skipped(run):
     with pytest.warns(UserWarning, match="skipped 1 unknown item id"):
         skipped = run.recommend([[known[0], "nope"]], k=5, skip_unknown=True)
     assert skipped == run.recommend([[known[0]]], k=5)
+    assert run.recommend([]) == [] and run.score([]).shape == (0, run.num_items) and run.embed([]).shape == (0, 16)
     with pytest.raises(DataError, match="history 0 is empty"):
         run.recommend([[]])
     with pytest.raises(DataError, match="a history is a list of item ids"):

@@ -241,7 +241,8 @@ def load_run(path: str | Path, device: str = "cpu", plugins: Sequence[str] | Loa
         raise ConfigError(f"{path}: no such run folder")
     for name in ("config.yaml", BEST, IDS_FILE, MODEL_FILE):
         if not (path / name).is_file():
-            raise ConfigError(f"{path}: not a trained run folder ({name} missing)")
+            older = "; runs trained before seqcl saved it cannot be loaded, retrain" if name in (IDS_FILE, MODEL_FILE) else ""
+            raise ConfigError(f"{path}: not a trained run folder ({name} missing{older})")
     tree = read_yaml(path / "config.yaml")
     tree.setdefault("train", {})["device"] = str(device)
     resolved = resolve(loaded.registry, tree, check_data=False)

@@ -158,3 +158,17 @@ def test_compare_two_runs(tiny_study, capsys):
     assert "+0.0000" in out and " 1.0000" in out and "*" not in out.split("p:")[1]
     assert main(["compare", str(a), str(tiny_study)]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_compare_pairs_users_by_their_ids(tiny_study, capsys, tmp_path):
+    """ranks.pt row u is user ids.json users[u]: runs whose user lists differ are not paired."""
+    import json
+    import shutil
+
+    a = tiny_study / "runs" / "sasrec__s1"
+    b = shutil.copytree(tiny_study / "runs" / "aclsrec__s1", tmp_path / "b")
+    ids = json.loads((b / "ids.json").read_text())
+    ids["users"][:2] = ids["users"][1::-1]
+    (b / "ids.json").write_text(json.dumps(ids))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "list different users in ids.json" in capsys.readouterr().err

@@ -207,18 +207,31 @@ def _outside_inference(t: Tensor) -> Tensor:
 def top_k(scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` columns of each row of ``scores`` (B, C), best first, never an excluded one.
 
-    Order: score descending, equal scores by lower column (a stable sort); a NaN
-    score ranks below every number. Returns (B, k') columns and their scores,
-    k' = min(k, C); a row with fewer than k' candidates is padded with column 0 and -inf.
+    Order: score descending, equal scores by lower column; a NaN score ranks
+    below every number (with -inf). Returns (B, k') columns and their scores,
+    k' = min(k, C); a row with fewer than k' candidates is padded with column 0
+    and -inf. Exact without sorting whole rows: ``topk`` finds the k'-th best
+    key, every column above it is in, the columns tied with it are taken lowest
+    first, and only the k' chosen ones are sorted (stable, so ties stay by column).
     """
-    keys = torch.where(torch.isnan(scores), float("-inf"), scores).masked_fill(excluded, float("-inf"))
-    order = torch.sort(keys, dim=1, descending=True, stable=True).indices
-    # excluded columns last, the order of the rest kept (a second stable sort)
-    order = order.gather(1, torch.sort(excluded.gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
-    kk = min(k, scores.shape[1])
-    cols = order[:, :kk]
-    valid = ~excluded.gather(1, cols)
-    return cols.where(valid, 0), scores.gather(1, cols).where(valid, float("-inf"))
+    b, c = scores.shape
+    kk = min(k, c)
+    neg_inf = torch.full((), float("-inf"), dtype=scores.dtype, device=scores.device)
+    keys = torch.where(torch.isnan(scores) | excluded, neg_inf, scores)
+    kth = torch.topk(keys, kk, dim=1).values[:, -1:]  # (B, 1)
+    above = keys > kth
+    tied = (keys == kth) & ~excluded
+    need = kk - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
+    rows, cols = chosen.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+    counts = chosen.sum(dim=1)
+    pos = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    top = torch.zeros(b, kk, dtype=torch.long, device=scores.device)
+    top[rows, pos] = cols
+    valid = torch.arange(kk, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
+    order = torch.sort(keys.gather(1, top).where(valid, neg_inf), dim=1, descending=True, stable=True).indices
+    top, valid = top.gather(1, order), valid.gather(1, order)
+    return top.where(valid, 0), scores.gather(1, top).where(valid, neg_inf)
 
 
 def _as_eval_set(data: SequenceData) -> EvalSet:

@@ -91,3 +91,16 @@ def test_not_a_run_folder(capsys, tmp_path):
 def test_help_lists_the_commands(capsys):
     code, out, _ = call(capsys, "--help")
     assert code == 0 and "recommend" in out and "export" in out
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_device_reaches_the_model(capsys, tiny):
+    code, _, err = call(capsys, "recommend", tiny.path, "--history", "x", "--device", "cuda")
+    assert code == 2 and err == "error: train.device is 'cuda' but CUDA is not available\n"
+
+
+def test_export_out_folder(capsys, tiny, tmp_path):
+    code, out, err = call(capsys, "export", tiny.path, "--out", tmp_path / "serve")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "serve").iterdir()) == ["export.json", "items.json",
+                                                                     "model.torchscript.pt"]

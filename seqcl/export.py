@@ -57,6 +57,7 @@ def export(run: Run, fmt: str, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     encoder = copy.deepcopy(run.encoder).cpu().eval()
     encoder.request_full_width()  # the layout without host-side shape work: traceable
+    encoder.requires_grad_(False)  # a serving model: its scores need no autograd graph
     module = Scorer(encoder, run.num_items).eval()
     example = example_items(8, run.max_len, run.num_items)
     # other batch sizes, and a batch whose rows are all shorter than the example's longest

@@ -58,6 +58,7 @@ def test_torchscript_scores_equal_the_runs_and_load_without_seqcl(tiny, tmp_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     exported = torch.load(tmp_path / "scores.pt")
+    assert not exported.requires_grad
     expected = run.score(histories)
     assert exported.shape == expected.shape == (37, run.num_items)
     assert torch.allclose(exported, expected, atol=ATOL, rtol=RTOL)

@@ -1,4 +1,4 @@
-"""The ``seqcl`` command line: ``train``, ``plugins``, ``data stats`` (+ plugin commands).
+"""The ``seqcl`` command line: ``train``, ``plugins``, ``data stats``, ``recommend``, ``export`` (+ plugin commands).
 
 Plugins add commands through ``register_commands`` (``seqcl study`` and
 ``seqcl compare`` come from the shipped ``study`` plugin); a plugin command
@@ -176,6 +176,94 @@ def data_stats(path: str, assignments: tuple[str, ...]) -> None:
         values[field] = value
     data_obj, _ = load_data(path, build_options(DataOptions, values, "data"))
     click.echo(format_stats(describe(data_obj)))
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--history", help='One history, oldest first, in the data\'s own item ids: "i1 i2 i3".')
+@click.option("--users", "users_file", metavar="FILE",
+              help="Histories, one per line: user item item … (the training file's format; .gz read).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="How many items per history.")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per line: {"user", "items", "scores"}.')
+@click.option("--keep-history", is_flag=True, help="Also recommend items of the history (excluded by default).")
+@click.option("--skip-unknown", is_flag=True,
+              help="Skip item ids that are not in the run's id map (a warning each) instead of failing.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, …")
+@plugin_option
+def recommend(run_dir, history, users_file, k, as_json, keep_history, skip_unknown, device, plugin_modules) -> None:
+    """Top-k items for histories, from a trained run's best weights (original item ids in and out).
+
+    Plain output: the ids, best first, one line per history (`user id id …` with
+    --users). An item id the run never saw is a one-line error (exit 2), or with
+    --skip-unknown a warning. Ties: see docs/api.md.
+    """
+    import json
+
+    from seqcl.api import load_run
+    from seqcl.errors import ConfigError
+
+    if (history is None) == (users_file is None):
+        raise ConfigError("recommend takes exactly one of --history \"i1 i2 …\" and --users FILE")
+    if k < 1:
+        raise ConfigError(f"-k must be >= 1, got {k}")
+    run = load_run(run_dir, device=device, plugins=load(tuple(plugin_modules)))
+    rows = [(None, "--history", history.split())] if history is not None else _user_histories(users_file)
+    users, histories = [], []
+    for user, where, items in rows:
+        unknown = run.ids.unknown(items)
+        if unknown and not skip_unknown:
+            raise ConfigError(f"{where}: item {unknown[0]!r} is not in the run's item id map "
+                              f"({run.num_items} items; --skip-unknown skips such ids)")
+        for item in unknown:
+            click.echo(f"warning: {where}: item {item!r} is not in the run's item id map; skipped", err=True)
+        known = [item for item in items if item not in unknown]
+        if not known:
+            what = "no known item" if items else "no item"
+            if not skip_unknown or not items:
+                raise ConfigError(f"{where}: the history has {what}: nothing to recommend from")
+            click.echo(f"warning: {where}: {what} left; history skipped", err=True)
+            continue
+        users.append(user)
+        histories.append(known)
+    results = run.recommend(histories, k=k, exclude_history=not keep_history, scores=True)
+    for user, pairs in zip(users, results):
+        ids = [item for item, _ in pairs]
+        if as_json:
+            click.echo(json.dumps({"user": user, "items": ids, "scores": [round(s, 6) for _, s in pairs]}))
+        else:
+            click.echo(" ".join(ids if user is None else [user, *ids]))
+
+
+def _user_histories(path: str) -> list[tuple[str, str, list[str]]]:
+    """(user, "FILE:LINE", item ids) per non-blank line of a one-line-per-user file."""
+    from seqcl.data.readers import read_lines
+
+    rows = []
+    for lineno, line in enumerate(read_lines(path), 1):
+        tokens = line.split()
+        if tokens:
+            rows.append((tokens[0], f"{path}:{lineno}", tokens[1:]))
+    return rows
+
+
+@cli.command("export")
+@click.argument("run_dir")
+@click.option("--format", "fmt", default="torchscript", show_default=True, help="torchscript or onnx.")
+@click.option("--out", metavar="DIR", help="Folder to write to (default RUN_DIR/export).")
+@plugin_option
+def export_run(run_dir, fmt, out, plugin_modules) -> None:
+    """Export a trained run's scorer for serving without seqcl (docs/api.md: layout, id map).
+
+    Writes the model, items.json (item ids in score-column order) and export.json,
+    after checking that the exported model's scores equal the run's.
+    """
+    from seqcl.api import load_run
+    from seqcl.export import export
+
+    run = load_run(run_dir, plugins=load(tuple(plugin_modules)))
+    path = export(run, fmt, out)
+    click.echo(f"wrote {path} (+ items.json, export.json): input (B, {run.max_len}) int64 left-padded item "
+               f"indices, output (B, {run.num_items}) float32 scores")
 
 
 def _add_plugin_commands(plugin_modules: tuple[str, ...] = ()) -> None:

@@ -346,6 +346,7 @@ def resolve(
     overrides: list[tuple[str, Any]] | None = None,
     with_terms: list[str] | None = None,
     without_terms: list[str] | None = None,
+    check_data: bool = True,
 ) -> Resolved:
     """Merge defaults, a config file's mapping and ``--set`` overrides; validate.
 
@@ -354,7 +355,8 @@ def resolve(
     ``without``) are read first, because they decide which sections exist.
     Everything knowable without data is checked here, so ``--dry-run`` fails
     like a real run would: values, ``train.device``, the dataset's existence and
-    each loss term against the augmenter (:func:`check_terms`).
+    each loss term against the augmenter (:func:`check_terms`). ``check_data=False``
+    (loading a trained run, which needs no data) skips the dataset's existence.
     """
     file_config = copy.deepcopy(file_config or {})
     overrides = list(overrides or [])
@@ -455,7 +457,8 @@ def resolve(
     check_terms(registry, resolved)
     check_loggers(registry, resolved.run.loggers)
     check_encoder(encoder, augmenter.name, resolved.augmenter_options)
-    check_dataset(resolved.dataset)
+    if check_data:
+        check_dataset(resolved.dataset)
     return resolved
 
 

@@ -25,6 +25,7 @@ INCOMPLETE = ".incomplete"
 FAILED = "failed.json"
 LAST = "last.pt"
 BEST = "best.pt"
+MODEL_FILE = "model.json"  # the encoder's build sizes, for seqcl.load_run
 
 
 def _slug(text: str) -> str:

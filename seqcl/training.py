@@ -27,12 +27,13 @@ from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_sa
 from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
 from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
+from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
 from seqcl.loggers import LoggerContext, Loggers
 from seqcl.memory import limit_heap_growth
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
-from seqcl.runs import BEST, LAST, RunDir
+from seqcl.runs import BEST, LAST, MODEL_FILE, RunDir
 
 
 @dataclass
@@ -428,6 +429,7 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
         _warn_trivial(valid_set, data, resolved, log)
         run = _new_run_dir(resolved, plugins)
     loggers = _start_loggers(resolved, plugins, run, state, len(samples), resumed=ckpt is not None, log=log)
+    write_inference_files(run, data, model)
     log(f"run dir {run.final} | {data.num_users} users, {data.num_items} items, {len(samples)} training samples")
     try:
         result = _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log,
@@ -457,6 +459,18 @@ def _start_loggers(resolved: Resolved, plugins: LoadedPlugins, run: RunDir, stat
         if not resumed:
             shutil.rmtree(run.path, ignore_errors=True)  # nothing trained yet
         raise
+
+
+def write_inference_files(run: RunDir, data: SequenceData, model: Model) -> None:
+    """What ``seqcl.load_run`` needs besides ``config.yaml`` and ``best.pt``, so no data file is read again.
+
+    ``ids.json``: the original item and user ids (:mod:`seqcl.ids`); ``model.json``:
+    the sizes the encoder is built with (items, the augmenter's extra item rows).
+    Written again on resume (same data, checked by its key): older runs get them too.
+    """
+    run.write_json(IDS_FILE, IdMap.of(data).to_json())
+    run.write_json(MODEL_FILE, {"format": 1, "num_items": model.num_items, "max_len": model.max_len,
+                                "extra_rows": int(getattr(model.augmenter, "extra_rows", 0))})
 
 
 def _warn_trivial(valid_set: Any, data: SequenceData, resolved: Resolved, log: Callable[[str], None]) -> None:

@@ -2,7 +2,7 @@
 
 Both runs must rank the same users: the same dataset and data settings, hence
 the same user order. That is checked (dataset string, ``data`` section, number
-of users); a mismatch is an error, because pairing different users would give
+of users, and the user ids of ``ids.json`` where both runs have one); a mismatch is an error, because pairing different users would give
 a meaningless p-value. The statistics are those of the study report
 (:mod:`seqcl_study.stats`), with one seed per side.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seqcl.errors import ConfigError
+from seqcl.ids import IDS_FILE, IdMap
 
 from .files import load_ranks, read_json_dict, read_yaml
 from .stats import Comparison, compare_users, ks_of, metric_names, per_user_metrics
@@ -39,6 +40,11 @@ def load_run(path: str | Path) -> RunInfo:
     return RunInfo(p, read_json_dict(p / "summary.json", ("valid", "test")), read_yaml(p / "config.yaml"))
 
 
+def _users(path: Path) -> list[str] | None:
+    """The run's user ids in ranks.pt row order (``ids.json``); None for runs saved before id maps."""
+    return IdMap.read(path / IDS_FILE).users if (path / IDS_FILE).is_file() else None
+
+
 def compare_runs(a: str | Path, b: str | Path, *, split: str = "test", test: str = "ttest", n_boot: int = 2000,
                  seed: int = 0) -> tuple[RunInfo, RunInfo, dict[str, Comparison]]:
     """Compare run B against run A on every metric of the split."""
@@ -48,6 +54,10 @@ def compare_runs(a: str | Path, b: str | Path, *, split: str = "test", test: str
     if data_a != data_b:
         raise ConfigError(f"{ra.path} and {rb.path} were trained on different data ({data_a[0]} vs {data_b[0]}, "
                           "or other data.* settings): users cannot be paired")
+    users_a, users_b = _users(ra.path), _users(rb.path)
+    if users_a is not None and users_b is not None and users_a != users_b:
+        raise ConfigError(f"{ra.path} and {rb.path} list different users in ids.json (ranks.pt row u is user "
+                          "ids.json users[u]): users cannot be paired")
     ranks_a = load_ranks(ra.path / "ranks.pt", split)
     ranks_b = load_ranks(rb.path / "ranks.pt", split)
     if len(ranks_a) != len(ranks_b):

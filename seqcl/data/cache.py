@@ -28,8 +28,8 @@ from seqcl.data.dataset import SequenceData
 from seqcl.data.notice import load_error, one_line, warn_once
 from seqcl.data.options import DataOptions
 
-# Bump whenever preprocessing or the stored layout changes (2: tensor checksum).
-FORMAT_VERSION = 2
+# Bump whenever preprocessing or the stored layout changes (2: tensor checksum; 3: id maps).
+FORMAT_VERSION = 3
 _HASH_CHUNK = 1 << 20
 
 
@@ -117,7 +117,7 @@ def save_cached(cache_dir: str | Path, key: str, data: SequenceData) -> Path | N
         return None
 
 
-_CHECKED = ("items", "offsets", "num_items")
+_CHECKED = ("items", "offsets", "num_items", "item_ids", "user_ids")
 
 
 def _pack(data: SequenceData) -> dict[str, Any]:
@@ -127,6 +127,8 @@ def _pack(data: SequenceData) -> dict[str, Any]:
         "offsets": data.offsets.contiguous(),
         "num_items": int(data.num_items),
         "name": data.name,
+        "item_ids": data.item_ids,  # original ids (strings), so runs can answer in them
+        "user_ids": data.user_ids,
     }
     blob["checksum"] = tensor_digest({n: blob[n] for n in _CHECKED})
     return blob
@@ -148,4 +150,9 @@ def _unpack(blob: Any) -> SequenceData:
         raise ValueError("offsets not sorted")
     if items.numel() and (int(items.min()) < 1 or int(items.max()) > num_items):
         raise ValueError("item ids out of range")
-    return SequenceData(items=items, offsets=offsets, num_items=num_items, name=str(blob.get("name", "data")))
+    item_ids, user_ids = blob["item_ids"], blob["user_ids"]
+    for ids, size, what in ((item_ids, num_items, "item"), (user_ids, offsets.numel() - 1, "user")):
+        if ids is not None and not (isinstance(ids, list) and len(ids) == size and all(isinstance(i, str) for i in ids)):
+            raise ValueError(f"{what} id map is not {size} strings")
+    return SequenceData(items=items, offsets=offsets, num_items=num_items, name=str(blob.get("name", "data")),
+                        item_ids=item_ids, user_ids=user_ids)

@@ -15,14 +15,22 @@ from torch import Tensor
 class SequenceData:
     """All users' chronological item sequences, concatenated (CSR).
 
-    items:   (nnz,) long, item ids in 1..num_items, user after user.
-    offsets: (U+1,) long, user u's sequence is items[offsets[u]:offsets[u+1]].
+    items:    (nnz,) long, item ids in 1..num_items, user after user.
+    offsets:  (U+1,) long, user u's sequence is items[offsets[u]:offsets[u+1]].
+    item_ids: the original id (a string, as the file wrote it) of each item:
+              ``item_ids[i - 1]`` is item i's; None: the ids are the original ones.
+    user_ids: the original id of each user row u; None: ``str(u + 1)``.
+
+    The id maps travel with the data through the cache into every run folder
+    (``ids.json``), so that a trained model answers in the data's own ids.
     """
 
     items: Tensor
     offsets: Tensor
     num_items: int
     name: str = "data"
+    item_ids: list[str] | None = None
+    user_ids: list[str] | None = None
 
     @property
     def num_users(self) -> int:

@@ -71,7 +71,8 @@ def preprocess_interactions_with_report(
     report = PrepReport(rows=len(raw))
     # Users ranked by first appearance, so grouping by rank keeps file order of
     # users whatever codes the reader chose; the row index makes ties explicit.
-    users, items = renumber_by_first_appearance(raw.users), raw.items
+    users, user_codes = first_appearance_ids(raw.users)
+    items = raw.items
     order = np.lexsort((np.arange(users.size), raw.timestamps, users))
     users, items = users[order], items[order]
 
@@ -90,7 +91,10 @@ def preprocess_interactions_with_report(
             f"(k_core={options.k_core}, min_user_items={options.min_user_items})"
         )
     report.remapped = True
-    data = _to_sequence_data(users, renumber_by_first_appearance(items), name)
+    items, item_codes = first_appearance_ids(items)
+    data = _to_sequence_data(users, items, name)
+    data.item_ids = raw.item_tokens[item_codes].tolist()
+    data.user_ids = raw.user_tokens[user_codes[np.unique(users) - 1]].tolist()
     log.info("%s: %s", raw.source, report.summary())
     return data, report
 
@@ -128,10 +132,19 @@ def _long_enough(users: np.ndarray, min_items: int, report: PrepReport) -> np.nd
 
 def renumber_by_first_appearance(items: np.ndarray) -> np.ndarray:
     """Item ids → 1..N, numbered in order of first appearance in ``items``."""
-    uniq, first_idx, inverse = np.unique(items, return_index=True, return_inverse=True)
+    return first_appearance_ids(items)[0]
+
+
+def first_appearance_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` → (ids 1..N in order of first appearance, the originals): ``originals[j]`` got id j + 1.
+
+    The originals are what a run's id map records, so the renumbering can be undone.
+    """
+    uniq, first_idx, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first_idx, kind="stable")
     rank = np.empty(uniq.size, dtype=np.int64)
-    rank[np.argsort(first_idx, kind="stable")] = np.arange(1, uniq.size + 1)
-    return rank[inverse.ravel()]
+    rank[order] = np.arange(1, uniq.size + 1)
+    return rank[inverse.ravel()], uniq[order]
 
 
 def _to_sequence_data(users: np.ndarray, items: np.ndarray, name: str) -> SequenceData:
@@ -177,9 +190,11 @@ def preprocess_sequences_with_report(
         raise DataError(f"{raw.source}: no user has at least {options.min_user_items} items (data.min_user_items)")
     if contiguous:
         num_items = int(raw.items.max())
+        item_ids = [str(i) for i in range(1, num_items + 1)]
     else:
-        items = renumber_by_first_appearance(items)
+        items, originals = first_appearance_ids(items)
         num_items = int(items.max())
+        item_ids = originals.astype(str).tolist()
         report.remapped = True
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     data = SequenceData(
@@ -187,6 +202,8 @@ def preprocess_sequences_with_report(
         offsets=torch.from_numpy(offsets),
         num_items=num_items,
         name=name,
+        item_ids=item_ids,
+        user_ids=[raw.users[u] for u in np.flatnonzero(long_enough)],
     )
     log.info("%s: %s", raw.source, report.summary())
     return data, report
@@ -201,7 +218,7 @@ def _is_one_to_max(items: np.ndarray) -> bool:
 
 
 def drop_short_users(data: SequenceData, min_items: int) -> SequenceData:
-    """Remove users with fewer than ``min_items`` items; ids and ``num_items`` unchanged."""
+    """Remove users with fewer than ``min_items`` items; item ids and ``num_items`` unchanged."""
     lengths = data.lengths()
     keep = lengths >= min_items
     if bool(keep.all()):
@@ -209,4 +226,6 @@ def drop_short_users(data: SequenceData, min_items: int) -> SequenceData:
     items = data.items[torch.repeat_interleave(keep, lengths)]
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths[keep], 0)])
     log.info("%s: %d short users dropped", data.name, int((~keep).sum()))
-    return SequenceData(items=items, offsets=offsets, num_items=data.num_items, name=data.name)
+    users = data.user_ids or [str(u + 1) for u in range(data.num_users)]
+    return SequenceData(items=items, offsets=offsets, num_items=data.num_items, name=data.name,
+                        item_ids=data.item_ids, user_ids=[users[u] for u in keep.nonzero().flatten().tolist()])

@@ -163,4 +163,7 @@ def _to_data(seqs: list[list[int]]) -> SequenceData:
         offsets=torch.from_numpy(offsets),
         num_items=int(items.max()),
         name=SYNTHETIC_NAME,
+        # no ids outside the generator: the original ids are the numbers themselves
+        item_ids=[str(i) for i in range(1, int(items.max()) + 1)],
+        user_ids=[str(u) for u in range(1, len(seqs) + 1)],
     )

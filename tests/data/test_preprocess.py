@@ -60,6 +60,12 @@ def table(rows: list[tuple[str, str, float]]) -> RawInteractions:
 
 def reference(rows: list[tuple[str, str, float]], k: int, min_items: int) -> list[list[int]]:
     """SPEC §1 literally, one step at a time, in plain Python."""
+    ids: dict[str, int] = {}
+    return [[ids.setdefault(i, len(ids) + 1) for i in s] for _, s in reference_tokens(rows, k, min_items)]
+
+
+def reference_tokens(rows: list[tuple[str, str, float]], k: int, min_items: int) -> list[tuple[str, list[str]]]:
+    """(user, item tokens) per kept user, in output order, before renumbering."""
     by_user: dict[str, list[tuple[float, int, str]]] = {}
     for n, (u, i, t) in enumerate(rows):
         by_user.setdefault(u, []).append((t, n, i))
@@ -75,9 +81,7 @@ def reference(rows: list[tuple[str, str, float]], k: int, min_items: int) -> lis
         if new == seqs:
             break
         seqs = new
-    kept = [s for s in seqs.values() if len(s) >= min_items]  # dict keeps first-appearance user order
-    ids: dict[str, int] = {}
-    return [[ids.setdefault(i, len(ids) + 1) for i in s] for s in kept]
+    return [(u, s) for u, s in seqs.items() if len(s) >= min_items]  # dict keeps first-appearance user order
 
 
 # ---------------------------------------------------------------- reference counts
@@ -173,6 +177,10 @@ def test_matches_plain_python_reference(rows: list[tuple[str, str, int]], k: int
     data = preprocess_interactions(table(rows), options)
     assert sequences(data) == expected
     assert data.num_items == max(max(s) for s in expected)
+    # the id maps lead back to the file's own user and item tokens
+    back = [(data.user_ids[u], [data.item_ids[i - 1] for i in seq]) for u, seq in enumerate(sequences(data))]
+    assert back == reference_tokens(rows, k, min_items)
+    assert len(data.item_ids) == data.num_items
 
 
 # ---------------------------------------------------------------- sequence files

@@ -205,3 +205,17 @@ def test_references_shown_beside_their_row(tiny_study, tmp_path):
     row = next(i for i, line in enumerate(lines) if line.startswith("| aclsrec | 2 |"))
     ref = [c.strip() for c in lines[row + 1].strip("|").split("|")]
     assert ref[0] == "↳ *paper, Table 2*" and ref[2] == "0.0582" and ref[7] == "0.0357" and ref[3] == ""
+
+
+def test_compare_pairs_users_by_their_ids(tiny_study, capsys, tmp_path):
+    """ranks.pt row u is user ids.json users[u]: runs whose user lists differ are not paired."""
+    import json
+    import shutil
+
+    a = tiny_study / "runs" / "sasrec__s1"
+    b = shutil.copytree(tiny_study / "runs" / "aclsrec__s1", tmp_path / "b")
+    ids = json.loads((b / "ids.json").read_text())
+    ids["users"][:2] = ids["users"][1::-1]
+    (b / "ids.json").write_text(json.dumps(ids))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "list different users in ids.json" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""Data-parallel exactness (``seqcl.distributed``): 2 gloo ranks on CPU equal one process.
+
+The test spawns two processes itself (``torch.multiprocessing``, a free port on
+127.0.0.1). Each builds the same tiny model (dropout off), takes its shard of one
+global batch of 9 rows (5 + 4: unequal shards, so the share weighting matters),
+runs one DDP step and one sharded evaluation. The parent runs the same step on
+the whole batch in one process. Loss, every parameter gradient and the metrics
+must agree.
+
+Random augmenters (``random``, ``dropout``) draw per batch from their own
+stream, so a shard of 5 rows cannot draw what 9 rows draw. For the test, both
+sides run the augmenter row by row with its stream seeded from the sample id
+(:func:`_per_row_randomness`): the same sample gets the same augmentation in
+either run, and everything else is the code under test.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import seqcl.distributed as distributed
+from seqcl.config import parse_assignment, resolve
+from seqcl.data.dataset import eval_set, training_samples
+from seqcl.interfaces import Batch, Views
+from seqcl.plugins import load_plugins
+from seqcl.rng import DeviceGenerators, OwnsGenerators
+from seqcl.training import _evaluate, distribute, iterate_batches, prepare
+
+from conftest import TINY
+
+#: (name, augmenter, terms made rank-local for the case): a rank-local ``align`` (a row mean) must still be
+#: exact through the share weighting; a rank-local ``cl`` (negatives of its shard only) must not be
+CASES = [("none", "none", ()), ("random", "random", ()), ("dropout", "dropout", ()),
+         ("aclsrec", "aclsrec", ()), ("aclsrec-local-align", "aclsrec", ("align",)),
+         ("aclsrec-local-cl", "aclsrec", ("cl",))]
+EXACT = [c[0] for c in CASES if c[0] != "aclsrec-local-cl"]
+GLOBAL_BATCH = 9
+#: float32 sums in another order (a 5-row and a 4-row matmul instead of one 9-row one)
+LOSS_RTOL, GRAD_RTOL, ATOL = 1e-5, 1e-4, 1e-6
+
+
+def _config(plugins, dataset: Path, augmenter: str):
+    pairs = [parse_assignment(a) for a in TINY[1::2]]
+    pairs += [parse_assignment(a) for a in ("sasrec.dropout=0", "sasrec.attn_dropout=0", "eval.batch_size=64")]
+    pairs += [("augmenter", augmenter), ("dataset", str(dataset))]
+    return resolve(plugins.registry, overrides=pairs)
+
+
+def _per_row_randomness(augmenter, max_len: int) -> None:
+    """Run a random augmenter one row at a time, at full width, its stream seeded from the row's sample id.
+
+    (A shard is trimmed to its own widest row, so without the padding a row's
+    draws, e.g. ``torch.rand(items.shape)``, would depend on its shard.)
+    """
+    if not isinstance(augmenter, OwnsGenerators):
+        return
+    forward = augmenter.forward
+
+    def per_row(batch: Batch, encoder, h_in, hidden) -> Views:
+        rows = []
+        for i in range(batch.size):
+            augmenter.generators = DeviceGenerators(1000 + int(batch.sample_ids[i]))
+            r = slice(i, i + 1)
+            items = F.pad(batch.items[r], (max_len - batch.items.shape[1], 0))  # draws must not see the width
+            rows.append(forward(Batch(items, batch.targets[r], batch.sample_ids[r]), encoder, h_in[r], hidden[r]))
+        return Views({n: torch.cat([v.tensors[n] for v in rows]) for n in rows[0].tensors}, rows[0].pairs)
+
+    augmenter.forward = per_row
+
+
+def _one_step(plugins, dataset: Path, augmenter: str, local: tuple[str, ...]) -> dict:
+    """Loss, gradients (in ``model.parameters()`` order) and valid metrics/ranks of one step."""
+    resolved = _config(plugins, dataset, augmenter)
+    torch.manual_seed(resolved.train.seed)
+    data, _, model = prepare(resolved, plugins)
+    for term in local:
+        type(model.terms[term]).needs_global_batch = False
+    _per_row_randomness(model.augmenter, model.max_len)
+    distribute(model, resolved.train.seed)
+    batch = next(iterate_batches(training_samples(data), GLOBAL_BATCH, model.max_len, torch.Generator().manual_seed(0),
+                                 torch.device("cpu"), world=distributed.world()))
+    model.train(True)
+    out = model.step(batch)
+    out.total.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    result = _evaluate(model, eval_set(data, "valid"), resolved, torch.device("cpu"))
+    for term in local:
+        type(model.terms[term]).needs_global_batch = True
+    return {"loss": out.value().detach(), "parts": {k: v.detach() for k, v in out.parts.items()}, "grads": grads,
+            "rows": batch.size, "metrics": result.metrics, "ranks": result.ranks}
+
+
+def _worker(rank: int, world_size: int, port: int, out: str, dataset: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        plugins = load_plugins()
+        results = {name: _one_step(plugins, Path(dataset), aug, local) for name, aug, local in CASES}
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_file):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, _free_port(), str(out), str(tiny_file)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_file):
+    plugins = load_plugins()
+    return {name: _one_step(plugins, tiny_file, aug, local) for name, aug, local in CASES}
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_two_ranks_equal_one_process(two_ranks, one_process, name):
+    """Loss (rtol 1e-5), every gradient (rtol 1e-4, atol 1e-6) and the metrics (exactly) of 2 ranks = 1 process."""
+    single, ranks = one_process[name], [r[name] for r in two_ranks]
+    assert [r["rows"] for r in ranks] == [5, 4] and single["rows"] == GLOBAL_BATCH
+    for r in ranks:
+        assert torch.allclose(r["loss"], single["loss"], rtol=LOSS_RTOL, atol=ATOL), (r["loss"], single["loss"])
+        assert r["parts"].keys() == single["parts"].keys()
+        for k in single["parts"]:
+            assert torch.allclose(r["parts"][k], single["parts"][k], rtol=LOSS_RTOL, atol=ATOL), k
+        assert len(r["grads"]) == len(single["grads"])
+        for i, (g, ref) in enumerate(zip(r["grads"], single["grads"])):
+            assert torch.allclose(g, ref, rtol=GRAD_RTOL, atol=ATOL), (i, (g - ref).abs().max())
+        assert r["metrics"] == single["metrics"]
+        assert torch.equal(r["ranks"], single["ranks"])
+    assert any(g.abs().sum() > 0 for g in single["grads"])
+
+
+def test_without_the_gather_contrastive_loss_differs(two_ranks, one_process):
+    """The comparison can fail: ``cl`` on each shard's own negatives is not the global batch's loss."""
+    single, shard_local = one_process["aclsrec-local-cl"], two_ranks[0]["aclsrec-local-cl"]
+    assert set(single["parts"]) == {"main", "cl", "align", "boundary"}
+    assert torch.allclose(shard_local["parts"]["main"], single["parts"]["main"], rtol=LOSS_RTOL, atol=ATOL)
+    assert not torch.allclose(shard_local["parts"]["cl"], single["parts"]["cl"], rtol=1e-3)
+
+
+def test_shard_ids_split_every_batch():
+    ids = torch.arange(9)
+    parts = [distributed.shard_ids(ids, distributed.World(r, 2)) for r in range(2)]
+    assert torch.equal(torch.cat(parts), ids) and [len(p) for p in parts] == [5, 4]
+    assert distributed.shard_ids(torch.arange(1), distributed.World(1, 2)) is None
+    assert distributed.shard_ids(ids, distributed.World()) is ids

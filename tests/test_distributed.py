@@ -31,9 +31,11 @@ from seqcl.data.dataset import eval_set, training_samples
 from seqcl.interfaces import Batch, Views
 from seqcl.plugins import load_plugins
 from seqcl.rng import DeviceGenerators, OwnsGenerators
-from seqcl.training import _evaluate, distribute, iterate_batches, prepare
+import seqcl.training as training
+from seqcl.training import _evaluate, distribute, iterate_batches, prepare, train_epoch
 
 from conftest import TINY
+from test_resume import assert_same_weights, records
 
 #: (name, augmenter, terms made rank-local for the case): a rank-local ``align`` (a row mean) must still be
 #: exact through the share weighting; a rank-local ``cl`` (negatives of its shard only) must not be
@@ -97,12 +99,48 @@ def _one_step(plugins, dataset: Path, augmenter: str, local: tuple[str, ...]) ->
             "rows": batch.size, "metrics": result.metrics, "ranks": result.ranks}
 
 
+def _stop_before_epoch(n: int):
+    """A ``train_epoch`` that raises KeyboardInterrupt on every rank when epoch ``n`` would start."""
+    calls = []
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return train_epoch(*args, **kwargs)
+
+    return stop
+
+
+def _train_and_resume(plugins, dataset: Path, root: Path) -> dict:
+    """An uninterrupted 2-rank run (a) and one stopped after epoch 1 and resumed (b); rank 0's run dirs."""
+    pairs = [parse_assignment(a) for a in (*TINY[1::2], "train.epochs=2", "train.patience=10",
+                                           "train.batch_size=512")]
+    quiet = lambda msg: None  # noqa: E731
+    runs = {}
+    for name in ("a", "b"):
+        resolved = resolve(plugins.registry, overrides=pairs + [("augmenter", "random"), ("dataset", str(dataset)),
+                                                                ("run.dir", str(root / name))])
+        if name == "a":
+            runs[name] = training.train(resolved, plugins, log=quiet).run_dir
+            continue
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(training, "train_epoch", _stop_before_epoch(2))
+            with pytest.raises(KeyboardInterrupt):
+                training.train(resolved, plugins, log=quiet)
+        (path,) = (root / name).glob("*.incomplete") if dist.get_rank() == 0 else [None]
+        path = distributed.from_main(lambda: path)  # only rank 0 sees the folder
+        runs[name] = training.resume(path, plugins, log=quiet).run_dir
+    return runs
+
+
 def _worker(rank: int, world_size: int, port: int, out: str, dataset: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         plugins = load_plugins()
         results = {name: _one_step(plugins, Path(dataset), aug, local) for name, aug, local in CASES}
+        results["resume"] = _train_and_resume(plugins, Path(dataset), Path(out) / "runs")
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -159,3 +197,14 @@ def test_shard_ids_split_every_batch():
     assert torch.equal(torch.cat(parts), ids) and [len(p) for p in parts] == [5, 4]
     assert distributed.shard_ids(torch.arange(1), distributed.World(1, 2)) is None
     assert distributed.shard_ids(ids, distributed.World()) is ids
+
+
+def test_two_ranks_resume_exactly_and_rank_0_writes(two_ranks):
+    """Stopped after epoch 1 and resumed (2 ranks) = uninterrupted (2 ranks): records and best weights."""
+    a, b = two_ranks[0]["resume"]["a"], two_ranks[0]["resume"]["b"]
+    assert two_ranks[1]["resume"] == two_ranks[0]["resume"]  # every rank reports rank 0's run dir
+    assert [r["epoch"] for r in records(a)] == [1, 2]
+    assert records(a) == records(b)
+    assert_same_weights(a / "best.pt", b / "best.pt")
+    assert [p.name for p in a.parent.iterdir()] == [a.name] and [p.name for p in b.parent.iterdir()] == [b.name]
+    assert len(torch.load(b / "last.pt", weights_only=True)["ranks"]) == 2  # every rank's streams

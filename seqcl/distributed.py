@@ -191,13 +191,23 @@ class Shard:
         return len(self.sizes) * self.sizes[self.rank] / self.total
 
     def gather(self, views: Views, batch: Batch) -> tuple[Views, Batch]:
-        """The global batch's views (with gradients) and ``Batch`` (items left-padded to one width)."""
-        tensors = {name: gather_rows(t, self.sizes) for name, t in views.tensors.items()}
+        """The global batch's views (with gradients) and ``Batch`` (items left-padded to one width).
+
+        Two collectives: the views stacked into one (n, V, d) tensor, and the
+        batch's items, targets and sample ids as one (n, W + 2) long tensor.
+        """
+        names = list(views.tensors)
+        tensors = [views.tensors[n] for n in names]
+        if len({(t.dtype, t.shape[1:]) for t in tensors}) == 1:
+            gathered = gather_rows(torch.stack(tensors, dim=1), self.sizes).unbind(1)
+        else:  # views of different dtypes or widths: one gather each
+            gathered = [gather_rows(t, self.sizes) for t in tensors]
         width = max(self.widths)
         items = F.pad(batch.items, (width - batch.items.shape[1], 0))  # left padding, as windows are
-        whole = Batch(_gather_plain(items, self.sizes), _gather_plain(batch.targets, self.sizes),
-                      _gather_plain(batch.sample_ids, self.sizes))
-        return Views(tensors, list(views.pairs)), whole
+        whole = _gather_plain(torch.cat([items, batch.targets.view(-1, 1).to(items.dtype),
+                                         batch.sample_ids.view(-1, 1).to(items.dtype)], dim=1), self.sizes)
+        return (Views(dict(zip(names, gathered)), list(views.pairs)),
+                Batch(whole[:, :width], whole[:, width], whole[:, width + 1]))
 
     def average(self, values: Tensor) -> Tensor:
         """The mean over ranks of ``values`` (detached), identical on every rank."""

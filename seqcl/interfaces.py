@@ -202,6 +202,12 @@ class Objective(nn.Module):
     needs its own encoder pass (BERT4Rec's cloze task masks the input) sets
     ``uses_main_pass = False`` and gets ``h = None``. An objective that draws
     random numbers owns its generators (``seqcl.rng``), so they are checkpointed.
+
+    Under ``torchrun`` the loss is taken to be a mean over the rank's rows: the
+    core weights it by the rank's share of the global batch, which makes the
+    averaged gradient that of the global batch (``seqcl.distributed``). A mean
+    over something else (BERT4Rec's cloze loss averages over masked positions)
+    is then weighted by rows, close to but not exactly the one-process gradient.
     """
 
     uses_main_pass: ClassVar[bool] = True

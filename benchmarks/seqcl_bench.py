@@ -9,7 +9,7 @@ more batches (or, with ``--epoch``, one whole epoch), then (``--eval``) one
 full-ranking validation pass. Under ``torchrun`` the ranks train together
 (``seqcl.distributed``: ``train.batch_size`` is the global batch, evaluation is
 sharded) and rank 0 prints the result. Defaults for the RecBole comparison:
-``loss.include_pad_logit=true`` (RecBole's CE scores the padding row too) and
+``ce.include_pad_logit=true`` (RecBole's CE scores the padding row too) and
 ``eval.exclude_history=false`` (RecBole does not mask history). Prints one
 ``BENCH-RESULT`` JSON line.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, peak_rss_mb  # noqa: E402
 
-PARITY = ["loss.include_pad_logit=true", "eval.exclude_history=false"]
+PARITY = ["ce.include_pad_logit=true", "eval.exclude_history=false"]
 
 
 def main() -> None:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     """One repetition in this process (one rank of it under torchrun); the result to print."""
     import torch
 
+    from seqcl import distributed
     from seqcl.config import parse_assignment, resolve
     from seqcl.data.dataset import EvalSet, eval_set, training_samples
     from seqcl.evaluation import evaluate

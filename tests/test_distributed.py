@@ -208,3 +208,32 @@ def test_two_ranks_resume_exactly_and_rank_0_writes(two_ranks):
     assert_same_weights(a / "best.pt", b / "best.pt")
     assert [p.name for p in a.parent.iterdir()] == [a.name] and [p.name for p in b.parent.iterdir()] == [b.name]
     assert len(torch.load(b / "last.pt", weights_only=True)["ranks"]) == 2  # every rank's streams
+
+
+def test_one_process_is_untouched(monkeypatch, tmp_path):
+    """Outside torchrun: no group, rank 0 of 1, ``from_main`` just calls, nothing gathered or sharded."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.session() as w:
+        assert w == distributed.World() and not dist.is_initialized()
+        assert distributed.from_main(lambda: 42) == 42
+        assert distributed.gather_streams({}) is None
+        assert distributed.step_shard(Batch(torch.ones(3, 2, dtype=torch.long), torch.ones(3), torch.arange(3))) is None
+
+
+def test_only_rank_0_reports(monkeypatch, tmp_path, capsys):
+    """Ranks > 0 of a torchrun job print no result table and write no files."""
+    from seqcl.cli import _print_result
+    from seqcl.runs import SilentRunDir
+    from seqcl.training import TrainResult
+
+    result = TrainResult(tmp_path, 1, {"hr@5": 0.5}, {"hr@5": 0.25}, 1, 1.0)
+    monkeypatch.setenv("RANK", "1")
+    _print_result(result)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    _print_result(result)
+    assert "0.2500" in capsys.readouterr().out
+    silent = SilentRunDir(tmp_path / "run")
+    silent.write_json("summary.json", {})
+    silent.save("last.pt", {})
+    assert not any(tmp_path.iterdir()) and silent.read_jsonl("metrics.jsonl") == [] and silent.finish() == silent.final

@@ -465,6 +465,10 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
         torch.set_num_threads(t.threads)
     if t.metric not in _metric_names(resolved):
         raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
+    world = distributed.world()
+    if world.size > 1 and torch.device(t.device).index is not None:
+        raise ConfigError(f"train.device={t.device}: under torchrun set train.device={torch.device(t.device).type} "
+                          "(rank r uses device LOCAL_RANK)")
     generator = _set_seed(t.seed)
     data, key, model = prepare(resolved, plugins)
     if ckpt is not None and ckpt["data_key"] != key:
@@ -473,7 +477,6 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     samples = training_samples(data)
     valid_set, test_set = eval_set(data, "valid"), eval_set(data, "test")
     device = torch.device(t.device)
-    world = distributed.world()
     distribute(model, t.seed)
     optimizer = make_optimizer(model, resolved)
     state = FitState()

@@ -16,6 +16,7 @@ either run, and everything else is the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 import seqcl.distributed as distributed
 from seqcl.config import parse_assignment, resolve
 from seqcl.data.dataset import eval_set, training_samples
+from seqcl.errors import ConfigError
 from seqcl.interfaces import Batch, Views
 from seqcl.plugins import load_plugins
 from seqcl.rng import DeviceGenerators, OwnsGenerators
@@ -141,6 +143,12 @@ def _worker(rank: int, world_size: int, port: int, out: str, dataset: str) -> No
         plugins = load_plugins()
         results = {name: _one_step(plugins, Path(dataset), aug, local) for name, aug, local in CASES}
         results["resume"] = _train_and_resume(plugins, Path(dataset), Path(out) / "runs")
+        pinned = resolve(plugins.registry, overrides=[("dataset", dataset), ("run.dir", str(Path(out) / "pinned"))])
+        # resolve() refuses cuda:1 without CUDA; the torchrun check comes first in training
+        pinned = dataclasses.replace(pinned, train=dataclasses.replace(pinned.train, device="cuda:1"))
+        with pytest.raises(ConfigError) as error:
+            training.train(pinned, plugins, log=lambda msg: None)
+        results["device_error"] = str(error.value)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -237,3 +245,16 @@ def test_only_rank_0_reports(monkeypatch, tmp_path, capsys):
     silent.write_json("summary.json", {})
     silent.save("last.pt", {})
     assert not any(tmp_path.iterdir()) and silent.read_jsonl("metrics.jsonl") == [] and silent.finish() == silent.final
+
+
+def test_contrastive_terms_declare_the_global_batch():
+    """``cl``, ``align`` and ``boundary`` are computed on the gathered global batch under torchrun."""
+    plugins = load_plugins()
+    for name in ("cl", "align", "boundary"):
+        assert distributed.needs_global_batch(plugins.registry.get("loss_term", name).factory)
+
+
+def test_a_pinned_device_index_is_refused_under_torchrun(two_ranks):
+    """``train.device=cuda:1`` would put every rank on one device: one line, before anything is built."""
+    for r in two_ranks:
+        assert r["device_error"] == "train.device=cuda:1: under torchrun set train.device=cuda (rank r uses device LOCAL_RANK)"

@@ -257,4 +257,5 @@ def test_contrastive_terms_declare_the_global_batch():
 def test_a_pinned_device_index_is_refused_under_torchrun(two_ranks):
     """``train.device=cuda:1`` would put every rank on one device: one line, before anything is built."""
     for r in two_ranks:
-        assert r["device_error"] == "train.device=cuda:1: under torchrun set train.device=cuda (rank r uses device LOCAL_RANK)"
+        assert r["device_error"] == ("train.device=cuda:1: under torchrun set train.device=cuda "
+                                     "(rank r uses device LOCAL_RANK)")

@@ -25,15 +25,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import seqcl.distributed as distributed
+import seqcl.training as training
 from seqcl.config import parse_assignment, resolve
 from seqcl.data.dataset import eval_set, training_samples
 from seqcl.errors import ConfigError
 from seqcl.interfaces import Batch, Views
 from seqcl.plugins import load_plugins
 from seqcl.rng import DeviceGenerators, OwnsGenerators
-import seqcl.training as training
 from seqcl.training import _evaluate, distribute, iterate_batches, prepare, train_epoch
 
 from conftest import TINY
@@ -259,3 +261,19 @@ def test_a_pinned_device_index_is_refused_under_torchrun(two_ranks):
     for r in two_ranks:
         assert r["device_error"] == ("train.device=cuda:1: under torchrun set train.device=cuda "
                                      "(rank r uses device LOCAL_RANK)")
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(1, 64), n=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_share_weights_make_the_rank_average_the_global_mean(b, n, seed):
+    """Σ_r weight_r · mean(shard_r) / N = mean(global batch), for any batch size and number of ranks."""
+    losses = torch.rand(b, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ids = torch.arange(b)
+    shards = [distributed.shard_ids(ids, distributed.World(r, n)) for r in range(n)]
+    if b < n:
+        assert all(s is None for s in shards)
+        return
+    sizes = tuple(len(s) for s in shards)
+    assert torch.equal(torch.cat(shards), ids) and max(sizes) - min(sizes) <= 1
+    ranks_average = sum(distributed.Shard(r, sizes, sizes).weight * losses[s].mean() for r, s in enumerate(shards)) / n
+    assert torch.isclose(ranks_average, losses.mean(), rtol=1e-12)

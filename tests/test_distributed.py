@@ -163,14 +163,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, tiny_file):
+def module_cache(tmp_path_factory):
+    """A cache folder for the module-scoped runs (the autouse per-test one is not set up yet for them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQCL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_file, module_cache):
     out = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(2, _free_port(), str(out), str(tiny_file)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_file):
+def one_process(tiny_file, module_cache):
     plugins = load_plugins()
     return {name: _one_step(plugins, tiny_file, aug, local) for name, aug, local in CASES}
 

@@ -6,8 +6,10 @@
 Builds the model as ``seqcl train`` does (``prepare``, ``make_optimizer``), runs
 ``warmup`` batches of the training loop (``train_epoch``), then times ``steps``
 more batches (or, with ``--epoch``, one whole epoch), then (``--eval``) one
-full-ranking validation pass. Defaults for the RecBole comparison:
-``loss.include_pad_logit=true`` (RecBole's CE scores the padding row too) and
+full-ranking validation pass. Under ``torchrun`` the ranks train together
+(``seqcl.distributed``: ``train.batch_size`` is the global batch, evaluation is
+sharded) and rank 0 prints the result. Defaults for the RecBole comparison:
+``ce.include_pad_logit=true`` (RecBole's CE scores the padding row too) and
 ``eval.exclude_history=false`` (RecBole does not mask history). Prints one
 ``BENCH-RESULT`` JSON line.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, peak_rss_mb  # noqa: E402
 
-PARITY = ["loss.include_pad_logit=true", "eval.exclude_history=false"]
+PARITY = ["ce.include_pad_logit=true", "eval.exclude_history=false"]
 
 
 def main() -> None:
@@ -39,14 +41,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--set", dest="extra", action="append", default=[])
     args = ap.parse_args()
+    from seqcl import distributed
 
+    with distributed.session() as world:
+        result = run(args)
+        if world.is_main:
+            emit(result)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """One repetition in this process (one rank of it under torchrun); the result to print."""
     import torch
 
+    from seqcl import distributed
     from seqcl.config import parse_assignment, resolve
     from seqcl.data.dataset import EvalSet, eval_set, training_samples
     from seqcl.evaluation import evaluate
     from seqcl.plugins import load_plugins
-    from seqcl.training import make_optimizer, prepare, train_epoch
+    from seqcl.training import distribute, make_optimizer, prepare, train_epoch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,6 +70,7 @@ def main() -> None:
     torch.manual_seed(resolved.train.seed)
     generator = torch.Generator().manual_seed(resolved.train.seed)
     data, _, model = prepare(resolved, plugins)
+    distribute(model, resolved.train.seed)
     samples = training_samples(data)
     device = torch.device(resolved.train.device)
     optimizer = make_optimizer(model, resolved)
@@ -70,7 +83,7 @@ def main() -> None:
     result = {
         "framework": "seqcl", "augmenter": args.augmenter, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "device": str(device), "train_samples": len(samples),
-        "num_items": data.num_items, "setup_s": setup_s, "overrides": [*PARITY, *args.extra],
+        "num_items": data.num_items, "setup_s": setup_s, "ranks": distributed.world().size, "overrides": [*PARITY, *args.extra],
     }
     if not args.no_train:
         train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=args.warmup)
@@ -100,7 +113,7 @@ def main() -> None:
         result["eval_users"] = len(valid)
         result["valid"] = res.metrics
         result["peak_rss_mb"] = peak_rss_mb()
-    emit(result)
+    return result
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ number is drawn until the next epoch starts). It holds:
   losses and the seconds trained so far;
 * ``config`` and ``data_key``: the resolved config and the data's content key,
   so a resume with a changed config or data file is refused;
-* ``format``: :data:`FORMAT`.
+* ``format``: :data:`FORMAT`;
+* ``ranks`` (torchrun jobs only): every rank's random streams
+  (:func:`seqcl.distributed.gather_streams`), so each rank continues its own.
 
 Everything is tensors and plain containers, loadable with ``weights_only=True``.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import torch
 
+from seqcl import distributed
 from seqcl.config import flatten
 from seqcl.errors import ConfigError
 
@@ -67,6 +70,8 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 def build(model_state: dict[str, Any], optimizer: torch.optim.Optimizer, generator: torch.Generator,
           fit: FitState, best_model: dict[str, Any], config: dict[str, Any], data_key: str) -> dict[str, Any]:
+    """The checkpoint dict; under torchrun every rank calls it (it gathers the ranks' streams)."""
+    ranks = distributed.gather_streams(model_state)
     return {
         "format": FORMAT,
         "model": model_state,
@@ -76,6 +81,7 @@ def build(model_state: dict[str, Any], optimizer: torch.optim.Optimizer, generat
         "best_model": best_model,
         "config": config,
         "data_key": data_key,
+        **({"ranks": ranks} if ranks is not None else {}),
     }
 
 

@@ -133,8 +133,11 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
 
 
 def _print_result(result) -> None:
+    from seqcl.distributed import is_main_process
     from seqcl.training import format_table
 
+    if not is_main_process():  # under torchrun rank 0 alone reports
+        return
     click.echo(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds:.1f}s); run: {result.run_dir}")
     click.echo(format_table(result))
 

@@ -19,6 +19,11 @@ against the target and a target scored NaN gets the worst possible rank (every
 remaining candidate). A diverged model therefore scores 0, never a perfect 1.
 
 Everything is vectorised per batch of users: no per-user Python loop.
+
+Under torchrun (``seqcl.distributed``) rank r scores the batches r, r + N,
+r + 2N, … of the same length-sorted batching and the ranks' ranks are summed:
+every user is scored in the very batch a single process would use, so ranks
+and metrics are identical to a single process.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from seqcl import distributed
 from seqcl.data.dataset import EvalSet, trim_padding
 from seqcl.interfaces import Encoder
 
@@ -326,11 +332,11 @@ def evaluate(
             table = table[: num_items + 1].to(device=device, dtype=torch.float32)
             lengths = eval_set.ends - eval_set.starts
             order = torch.argsort(lengths, stable=True)  # similar lengths batch together
-            ranks = torch.empty(n_users, dtype=torch.long)
+            ranks = torch.zeros(n_users, dtype=torch.long)
             n_batches = math.ceil(n_users / batch_size)
-            bar = tqdm(
-                range(n_batches), desc="evaluate", unit="batch", disable=None, leave=False, file=sys.stderr
-            )
+            world = distributed.world()
+            bar = tqdm(range(world.rank, n_batches, world.size), desc="evaluate", unit="batch",
+                       disable=None if world.is_main else True, leave=False, file=sys.stderr)
             for i in bar:
                 rows = order[i * batch_size : (i + 1) * batch_size]
                 items = trim_padding(eval_set.windows(rows, max_len)).to(device)  # sorted: narrow batches
@@ -339,6 +345,7 @@ def evaluate(
                 pairs = history_pairs(eval_set, rows, device=device) if exclude_history else None
                 ranks[rows] = _batch_ranks(h, table, targets, pairs, num_items, item_chunk).cpu()
             bar.close()
+            distributed.sum_over_ranks(ranks)  # each user's rank comes from exactly one rank
     finally:
         encoder.train(was_training)
     ranks = ranks.clone()  # a normal tensor, not an inference tensor

@@ -202,6 +202,12 @@ class Objective(nn.Module):
     needs its own encoder pass (BERT4Rec's cloze task masks the input) sets
     ``uses_main_pass = False`` and gets ``h = None``. An objective that draws
     random numbers owns its generators (``seqcl.rng``), so they are checkpointed.
+
+    Under ``torchrun`` the loss is taken to be a mean over the rank's rows: the
+    core weights it by the rank's share of the global batch, which makes the
+    averaged gradient that of the global batch (``seqcl.distributed``). A mean
+    over something else (BERT4Rec's cloze loss averages over masked positions)
+    is then weighted by rows, close to but not exactly the one-process gradient.
     """
 
     uses_main_pass: ClassVar[bool] = True
@@ -218,8 +224,18 @@ class LossTerm(Protocol):
     loss; a removed term is never computed, weight 0 means computed and logged
     but not added. A term that needs in-batch negatives returns 0 for a batch of
     one and is logged as skipped.
+
+    ``needs_global_batch`` (default False when absent): under ``torchrun`` the
+    term is computed on the **global** batch — the core gathers every rank's
+    views (with gradients, rows in global order) and the ``Batch`` before
+    calling it, so in-batch negatives and means cover all ranks and a run on N
+    processes computes the loss of one process on the same global batch
+    (``seqcl.distributed``). Contrastive terms declare it. A term without it
+    sees this rank's rows only and must be a mean over them; the core weights
+    it by the rank's share of the global batch. In one process both are the same.
     """
 
     needs_negatives: bool
+    needs_global_batch: bool
 
     def __call__(self, views: Views, batch: Batch) -> Tensor: ...

@@ -133,3 +133,16 @@ class RunDir:
     def finish(self) -> Path:
         os.replace(self.path, self.final)
         return self.final
+
+
+class SilentRunDir(RunDir):
+    """The run directory as seen by ranks > 0 of a torchrun job: rank 0 writes it, they write nothing."""
+
+    def _write(self, filename: str, write: Callable[[Any], None], mode: str = "w") -> None:
+        pass
+
+    def read_jsonl(self, filename: str) -> list[Any]:
+        return []
+
+    def finish(self) -> Path:
+        return self.final

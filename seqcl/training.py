@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqcl import checkpoint
+from seqcl import checkpoint, distributed
 from seqcl.checkpoint import FitState
 from seqcl.config import Resolved, read_yaml, resolve
 from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
@@ -33,7 +33,7 @@ from seqcl.loggers import LoggerContext, Loggers
 from seqcl.memory import limit_heap_growth
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
-from seqcl.runs import BEST, LAST, MODEL_FILE, RunDir
+from seqcl.runs import BEST, LAST, MODEL_FILE, RunDir, SilentRunDir
 
 
 @dataclass
@@ -49,6 +49,14 @@ class Model:
     max_len: int
     augmenter_label: str = "augmenter"  # "augmenter 'crop' (plugin cl4srec)", for contract errors
     views_checked: bool = False
+    replica: nn.Module | None = None  # the DistributedDataParallel wrapper under torchrun (seqcl.distributed)
+
+    def step(self, batch: Batch) -> "StepOutput":
+        """One training step: through the DDP replica under torchrun (gradients averaged over ranks)."""
+        if self.replica is None:
+            return training_step(self, batch)
+        total, out = self.replica(batch)
+        return dataclasses.replace(out, total=total)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in self.components().values() if isinstance(m, nn.Module)]
@@ -126,9 +134,14 @@ def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -
 
 @dataclass
 class StepOutput:
-    total: Tensor
-    parts: dict[str, Tensor]  # unweighted, detached: "main" and each term
+    total: Tensor  # what this process backpropagates
+    parts: dict[str, Tensor]  # unweighted, detached: "main" and each term (over the global batch)
     skipped: list[str] = field(default_factory=list)
+    loss: Tensor | None = None  # detached loss of the global batch under torchrun (equal on all ranks)
+
+    def value(self) -> Tensor:
+        """The step's loss over the whole (global) batch."""
+        return self.total if self.loss is None else self.loss
 
 
 def training_step(model: Model, batch: Batch) -> StepOutput:
@@ -139,7 +152,14 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     (``encode``), which an encoder may compute more cheaply (SASRec does). An
     objective without ``uses_main_pass`` (BERT4Rec's cloze task) runs its own
     encoder pass; the main pass then exists only for the views.
+
+    Under torchrun ``batch`` is this rank's shard (``seqcl.distributed``): row-mean
+    losses are weighted by the shard's share, terms that declare
+    ``needs_global_batch`` see the gathered global batch, and ``parts`` and
+    ``loss`` are the global batch's values.
     """
+    shard = distributed.step_shard(batch)
+    local = {"main"}  # parts that are means over this rank's rows
     h_in = hidden = h = None
     if model.terms:
         h_in = model.encoder.embed(batch.items)
@@ -148,7 +168,7 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     elif model.objective.uses_main_pass:
         h = model.encoder.encode(batch.items)
     main = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
-    total = main
+    total = main if shard is None else main * shard.weight
     parts = {"main": main.detach()}
     skipped = []
     if model.terms:
@@ -156,14 +176,26 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
         if not model.views_checked:
             check_views(views, batch.size, model.encoder.hidden_size, model.augmenter_label)
             model.views_checked = True
+        gathered = None
         for name, term in model.terms.items():
-            if getattr(term, "needs_negatives", False) and batch.size < 2:
+            term_views, term_batch = views, batch
+            if shard is not None and distributed.needs_global_batch(term):
+                gathered = gathered or shard.gather(views, batch)
+                term_views, term_batch = gathered
+            elif shard is not None:
+                local.add(name)
+            if getattr(term, "needs_negatives", False) and term_batch.size < 2:
                 skipped.append(name)
-            value = term(views, batch)
+            value = term(term_views, term_batch)
             parts[name] = value.detach()
             if model.weights[name] != 0.0:
-                total = total + model.weights[name] * value
-    return StepOutput(total, parts, skipped)
+                total = total + model.weights[name] * (value * shard.weight if name in local else value)
+    if shard is None:
+        return StepOutput(total, parts, skipped)
+    names = list(parts)
+    mean = shard.average(torch.stack([total.detach().float()] + [
+        parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
+    return StepOutput(total, dict(zip(names, mean[1:])), skipped, loss=mean[0])
 
 
 def check_views(views: Views, batch_size: int, width: int, label: str) -> None:
@@ -207,7 +239,8 @@ def _progress(batches: Any, total: int, desc: str, batch_size: int, log: Callabl
 
 
 def iterate_batches(samples: TrainSamples, batch_size: int, max_len: int, generator: torch.Generator,
-                    device: torch.device, trim: bool = True, group_by_length: bool = False):
+                    device: torch.device, trim: bool = True, group_by_length: bool = False,
+                    world: distributed.World = distributed.World()):
     """Shuffled batches of the training samples; the last short batch is kept.
 
     ``trim`` drops all-padding leading columns on the CPU, before the copy to
@@ -219,6 +252,9 @@ def iterate_batches(samples: TrainSamples, batch_size: int, max_len: int, genera
 
     Everything per batch is a few vectorised tensor ops; on CUDA the copies are
     from pinned memory and asynchronous (no host sync).
+
+    With ``world`` of several ranks, ``batch_size`` is the global batch and each
+    rank gets its slice of every batch (:func:`seqcl.distributed.shard_ids`).
     """
     device = torch.device(device)
     order = torch.randperm(len(samples), generator=generator)
@@ -226,7 +262,9 @@ def iterate_batches(samples: TrainSamples, batch_size: int, max_len: int, genera
         order = _group_by_length(order, samples, batch_size, max_len, generator)
     pin = device.type == "cuda"
     for start in range(0, len(order), batch_size):
-        ids = order[start:start + batch_size]
+        ids = distributed.shard_ids(order[start:start + batch_size], world)
+        if ids is None:
+            continue
         items = samples.windows(ids, max_len)
         items = trim_padding(items) if trim else items
         targets = samples.targets[ids]
@@ -288,19 +326,19 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
     n_batches = 0
     batches = iterate_batches(samples, t.batch_size, model.max_len, generator, device,
                               trim=not getattr(model.augmenter, "full_width", False),
-                              group_by_length=t.group_by_length)
+                              group_by_length=t.group_by_length, world=distributed.world())
     total_batches = math.ceil(len(samples) / t.batch_size)
     if max_batches is not None:
         total_batches = min(total_batches, max_batches)
-    if progress is not None:
+    if progress is not None and distributed.world().is_main:
         batches = _progress(batches, total_batches, progress, t.batch_size, log or _stderr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.autocast_bf16)
     for batch in batches:
         if n_batches >= total_batches:
             break
         with autocast:
-            out = training_step(model, batch)
-        if not bool(torch.isfinite(out.total)):
+            out = model.step(batch)
+        if not bool(torch.isfinite(out.value())):
             raise NonFiniteLoss(_non_finite(out, n_batches + 1))
         if first is not None and not first:
             first.update({name: float(value) for name, value in out.parts.items()})
@@ -319,7 +357,7 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
 
 def _non_finite(out: StepOutput, step: int) -> str:
     bad = [(name, float(v)) for name, v in out.parts.items() if not bool(torch.isfinite(v))]
-    name, value = bad[0] if bad else ("total", float(out.total))
+    name, value = bad[0] if bad else ("total", float(out.value()))
     what = f"loss term {name!r}" if name != "main" else "the main loss"
     return f"step {step}: {what} is not finite ({value})"
 
@@ -363,13 +401,24 @@ def prepare(resolved: Resolved, plugins: LoadedPlugins) -> tuple[SequenceData, s
     return data, key, build_model(resolved, plugins.registry, context).to(device)
 
 
+def distribute(model: Model, seed: int) -> None:
+    """Under torchrun: own random streams for ranks > 0, and ``model.step`` through a DDP replica."""
+    world = distributed.world()
+    if world.size > 1:
+        distributed.decorrelate(model.modules(), seed, world)
+        model.replica = distributed.replicate(model.modules(), lambda batch: training_step(model, batch))
+
+
 def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train with early stopping on validation; test with the best weights; write the run dir.
 
     The run dir gets ``last.pt`` after every epoch and ``best.pt`` whenever
     validation improves, so an interrupted run continues with :func:`resume`.
+    Under ``torchrun`` the ranks train one model together (``seqcl.distributed``)
+    and rank 0 alone writes the run dir and logs.
     """
-    return _run(resolved, plugins, None, log or _stderr, None)
+    with distributed.session() as world:
+        return _run(resolved, plugins, None, _rank_log(world, log), None)
 
 
 def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -378,14 +427,28 @@ def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] 
     Refused (one line): a finished or failed run, a folder without a checkpoint,
     a ``config.yaml`` or data file changed since the checkpoint.
     """
+    with distributed.session() as world:
+        final, ckpt, tree = distributed.from_main(lambda: _read_resume(path, plugins))  # rank 0's files
+        resolved = resolve(plugins.registry, tree)
+        run = RunDir(final) if world.is_main else SilentRunDir(final)
+        return _run(resolved, plugins, run, _rank_log(world, log), ckpt)
+
+
+def _read_resume(path: str | Path, plugins: LoadedPlugins) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The run folder, its checkpoint and its config, checked against each other."""
     run = RunDir.open(path)
     ckpt = checkpoint.load(run.path / LAST)
-    resolved = resolve(plugins.registry, read_yaml(run.path / "config.yaml"))
-    changed = checkpoint.changed_keys(ckpt["config"], resolved.tree)
+    tree = read_yaml(run.path / "config.yaml")
+    changed = checkpoint.changed_keys(ckpt["config"], resolve(plugins.registry, tree).tree)
     if changed:
         raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
                           "start a new run instead")
-    return _run(resolved, plugins, run, log or _stderr, ckpt)
+    return run.final, ckpt, tree
+
+
+def _rank_log(world: distributed.World, log: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Rank 0 logs; the other ranks of a torchrun job stay silent."""
+    return (log or _stderr) if world.is_main else (lambda msg: None)
 
 
 def _new_run_dir(resolved: Resolved, plugins: LoadedPlugins) -> RunDir:
@@ -409,6 +472,10 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
         torch.set_num_threads(t.threads)
     if t.metric not in _metric_names(resolved):
         raise ConfigError(f"train.metric must be one of {', '.join(_metric_names(resolved))}, got {t.metric!r}")
+    world = distributed.world()
+    if world.size > 1 and torch.device(t.device).index is not None:
+        raise ConfigError(f"train.device={t.device}: under torchrun set train.device={torch.device(t.device).type} "
+                          "(rank r uses device LOCAL_RANK)")
     generator = _set_seed(t.seed)
     data, key, model = prepare(resolved, plugins)
     if ckpt is not None and ckpt["data_key"] != key:
@@ -417,19 +484,22 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     samples = training_samples(data)
     valid_set, test_set = eval_set(data, "valid"), eval_set(data, "test")
     device = torch.device(t.device)
+    distribute(model, t.seed)
     optimizer = make_optimizer(model, resolved)
     state = FitState()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"], generator)
+        distributed.restore_streams(model.components(), ckpt.get("ranks"), t.seed)
         state = checkpoint.fit_state(ckpt)
         log(f"resuming {run.path} after epoch {state.epoch} (best epoch {state.best_epoch})")
     else:
         _warn_trivial(valid_set, data, resolved, log)
-        run = _new_run_dir(resolved, plugins)
-    loggers = _start_loggers(resolved, plugins, run, state, len(samples), resumed=ckpt is not None, log=log)
+        final = distributed.from_main(lambda: _new_run_dir(resolved, plugins).final)
+        run = RunDir(final) if world.is_main else SilentRunDir(final)
     write_inference_files(run, data, model)
+    loggers = _start_loggers(resolved, plugins, run, state, len(samples), resumed=ckpt is not None, log=log)
     log(f"run dir {run.final} | {data.num_users} users, {data.num_items} items, {len(samples)} training samples")
     try:
         result = _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, device, run, log,
@@ -454,7 +524,8 @@ def _start_loggers(resolved: Resolved, plugins: LoadedPlugins, run: RunDir, stat
     start_step = state.epoch * math.ceil(n_samples / resolved.train.batch_size)
     context = LoggerContext(run.path, run.final.name, resolved.tree, start_step, resumed)
     try:
-        return Loggers.start(resolved.run.loggers, plugins.registry, context, log)
+        names = resolved.run.loggers if distributed.world().is_main else []  # rank 0 alone logs
+        return Loggers.start(names, plugins.registry, context, log)
     except BaseException:
         if not resumed:
             shutil.rmtree(run.path, ignore_errors=True)  # nothing trained yet

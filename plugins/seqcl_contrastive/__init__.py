@@ -3,7 +3,9 @@
 ``cl`` (NT-Xent / InfoNCE, SPEC §5), ``align`` (ACLSRec's distance constraint,
 SPEC §6) and ``boundary`` (ACLSRec's dynamic-boundary regularizer, SPEC §7).
 They read only ``Views.pairs``, so any augmenter can use them: ``R`` on
-CL4SRec's two views is ``--augmenter crop --with boundary``.
+CL4SRec's two views is ``--augmenter crop --with boundary``. All three declare
+``needs_global_batch``: under torchrun their negatives (and means) are the
+global batch, gathered across ranks by the core.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class _PairTerm:
 
     term: str = ""
     exactly: int | None = None
+    needs_global_batch = True  # negatives and means over all ranks' rows (seqcl.interfaces.LossTerm)
 
     @classmethod
     def check(cls, options: object, augmenter: AugmenterInfo) -> None:

@@ -140,8 +140,7 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     """
     h_in = hidden = h = None
     if model.terms:
-        h_in = model.encoder.embed(batch.items)
-        hidden = model.encoder.contextualize(h_in, batch.items)
+        h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
         h = hidden[:, -1]
     elif model.objective.uses_main_pass:
         h = model.encoder.encode(batch.items)
@@ -162,6 +161,21 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
             if model.weights[name] != 0.0:
                 total = total + model.weights[name] * value
     return StepOutput(total, parts, skipped)
+
+
+def main_pass(encoder: Encoder, augmenter: Augmenter, items: Tensor) -> tuple[Tensor | None, Tensor]:
+    """``(h_in, hidden)`` for the augmenter: only what it declares it reads.
+
+    ``hidden_slots = "last"``: ``hidden`` is H[:, -1:] (B, 1, d), from the encoder's
+    last-slot paths; without ``reads_embedding``, ``h_in`` is None and the embedding
+    need not be materialised. Otherwise the full (B, T, d) ``H_in`` and ``H``."""
+    if augmenter.hidden_slots == "last":
+        if not augmenter.reads_embedding:
+            return None, encoder.encode(items).unsqueeze(1)
+        h_in = encoder.embed(items)
+        return h_in, encoder.contextualize_last(h_in, items).unsqueeze(1)
+    h_in = encoder.embed(items)
+    return h_in, encoder.contextualize(h_in, items)
 
 
 def check_views(views: Views, batch_size: int, width: int, label: str) -> None:

@@ -16,9 +16,11 @@ Two layouts compute the same outputs for every slot a caller can read:
   padding) is masked as a key and so never feeds an active one. Inactive slots
   of the returned (B, W, d) tensors are 0.
 
-  :meth:`SASRec.encode` (evaluation, CL4SRec, DuoRec, and the core's step when
-  no loss term reads ``hidden``) also runs the last layer's attention,
-  projection and feed-forward for the last slot only.
+  :meth:`SASRec.encode` (evaluation, CL4SRec's and DuoRec's views, and the
+  core's main pass when no augmenter reads more than the last slot) and
+  :meth:`SASRec.contextualize_last` (ACLSRec's main and perturbed passes, its
+  per-token ``MLP_p`` applied to the packed tokens) also run the last layer's
+  attention, projection and feed-forward for the last slot only.
 
 The packed layout needs the row lengths on the host; on CUDA that would be a
 device sync per call, so ``layout: auto`` packs on CPU and keeps the padded layout
@@ -34,7 +36,7 @@ the attention kernels both layouts share are :mod:`seqcl_sasrec.attention`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -236,12 +238,25 @@ class SASRec(Encoder):
             x = block.packed(x, layout)
         return layout.scatter(x)
 
+    def contextualize_last(self, h_in: Tensor, items: Tensor,
+                           token_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """(B, W, d) → (B, d), the last slot; packed, ``token_map`` runs on the active tokens
+        only and the last layer for the last slot only."""
+        if not self.packs(items):
+            return super().contextualize_last(h_in, items, token_map)
+        layout = self.layout(items, h_in.dtype)
+        x = layout.pack(h_in)
+        return self._last_slot(x if token_map is None else token_map(x), layout)
+
     def encode(self, items: Tensor) -> Tensor:
         """(B, W) → (B, d), the last slot; packed, the last layer runs for the last slot only."""
         if not self.packs(items):
             return self._dense(self.embed(items), items)[:, -1]
         layout = self.layout(items, self.ln.weight.dtype)
-        x = self._embed_packed(items, layout)
+        return self._last_slot(self._embed_packed(items, layout), layout)
+
+    def _last_slot(self, x: Tensor, layout: PackedLayout) -> Tensor:
+        """Packed H_in (n, d) → (B, d): all blocks, the last one for each row's last token only."""
         for block in self.blocks[:-1]:
             x = block.packed(x, layout)
         return layout.unsort(self.blocks[-1].packed_last(x, layout))

@@ -130,9 +130,13 @@ class TransformerBlock(nn.Module):
         return self._rest(x, a)
 
     def packed_last(self, x: Tensor, layout: PackedLayout) -> Tensor:
-        """Packed layout, last token of each row only: x (n, d) → (B, d), sorted rows."""
-        a = packed_last_attention(self.qkv(x), layout, self.heads, self.attn_dropout, self.training)
-        return self._rest(gather_rows(x, layout.last), a)
+        """Packed layout, last token of each row only: x (n, d) → (B, d), sorted rows.
+        Keys and values for every token, the query for the last tokens only (rows of ``qkv``)."""
+        d = x.shape[-1]
+        last = gather_rows(x, layout.last)
+        q = F.linear(last, self.qkv.weight[:d], self.qkv.bias[:d])
+        kv = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
+        return self._rest(last, packed_last_attention(q, kv, layout, self.heads, self.attn_dropout, self.training))
 
     def _rest(self, x: Tensor, a: Tensor) -> Tensor:
         """Everything after attention (per token): projection, residuals, LayerNorms, feed-forward."""

@@ -104,3 +104,13 @@ def test_attention_matches_sdpa_without_dropout_and_dropout_is_unbiased():
     assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
     assert abs(float(y.mean()) - 1.0) < 0.02
     assert torch.equal(dropout(x, 0.3, training=False), x)
+
+
+def test_dropout_is_the_uniform_draw_formula():
+    """Same draw, same values as the plain form ``x · (U ≥ p) / (1 − p)`` (the in-place mask is exact)."""
+    x = torch.randn(64, 33)
+    torch.manual_seed(5)
+    got = dropout(x, 0.4, training=True)
+    torch.manual_seed(5)
+    ref = x * (torch.rand_like(x) >= 0.4).to(x.dtype) / (1 - 0.4)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0) and bool((got == 0).any())

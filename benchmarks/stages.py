@@ -9,6 +9,10 @@ views, the loss terms, backward, and Adam. Every arm gets the same fixed batches
 so the load of other processes hits all of them alike; the ratio to ``none`` is
 taken per rep (median step time over the rep's batches) and its median over reps
 is reported — on a loaded machine the ratios hold where absolute times do not.
+The default clock is the thread's CPU time (``--clock cpu``; with one torch
+thread, forward, backward and Adam all run on the calling thread), which leaves
+out the time the process waits for a core; ``--clock wall`` for wall time.
+The allocator is set up as ``seqcl train`` sets it (``seqcl.memory``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
+
+enable_thp_env()
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HERE, machine, markdown_table, median  # noqa: E402
@@ -30,14 +38,14 @@ from seqcl.training import main_pass  # noqa: E402
 STAGES = ("main pass", "objective", "views", "terms", "backward", "adam")
 
 
-def timed_step(runner: Runner, batch) -> dict[str, float]:
-    """One training step (as ``training_step`` + backward + Adam), each stage timed."""
+def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float]:
+    """One training step (as ``training_step`` + backward + Adam), each stage timed by ``clock``."""
     model, times = runner.model, {}
-    t = time.perf_counter()
+    t = clock()
 
     def lap(name: str) -> None:
         nonlocal t
-        now = time.perf_counter()
+        now = clock()
         times[name] = now - t
         t = now
 
@@ -72,8 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: the thread's CPU time (needs --threads 1); wall: perf_counter")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures the calling thread only: use --threads 1 or --clock wall")
     torch.set_num_threads(args.threads)
+    limit_heap_growth()  # the allocator settings of a real run (seqcl.training)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     plugins = load_plugins()
     names = [a.strip() for a in args.augmenters.split(",")]
     if names[0] != "none":
@@ -81,13 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     runners = [Runner(Arm(n, n), args.dataset, [], plugins, args.batches, args.batch_size) for n in names]
     for r in runners:  # warm-up
         for b in r.batches:
-            timed_step(r, b)
+            timed_step(r, b, clock)
     per_rep: dict[str, list[list[dict[str, float]]]] = {n: [] for n in names}
     for _ in range(args.reps):
         rows = {n: [] for n in names}
         for i in range(args.batches):
             for n, r in zip(names, runners):
-                rows[n].append(timed_step(r, r.batches[i]))
+                rows[n].append(timed_step(r, r.batches[i], clock))
         for n in names:
             per_rep[n].append(rows[n])
     step_ms = {n: [median([sum(s.values()) for s in rep]) * 1e3 for rep in per_rep[n]] for n in names}
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         table.append([n, *[f"{v:.1f}" for v in stage_ms], f"{median(step_ms[n]):.1f}",
                       f"{median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"])
     m = machine()
-    print(f"{args.threads} thread(s), load average {m['loadavg']}, {args.batches} batches × {args.reps} reps, "
+    print(f"{args.clock} clock, {args.threads} thread(s), load average {m['loadavg']}, {args.batches} batches × {args.reps} reps, "
           f"batch {args.batch_size}; stage medians in ms")
     print(markdown_table(["augmenter", *STAGES, "step", "÷ none (median, range over reps)"], table))
 

@@ -27,6 +27,8 @@ Numerics
 
 from __future__ import annotations
 
+import functools
+
 from typing import Literal
 
 import torch
@@ -90,6 +92,14 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+@functools.lru_cache(maxsize=8)
+def _self_and_partner(n: int, device: torch.device) -> Tensor:
+    """(2N, 2N) bool, True at S[i, i] and S[i, p(i)] (the diagonals 0, N, -N); cached per size:
+    a constant of the batch size, so it is built once per run, not per step."""
+    rows = torch.arange(2 * n, device=device)
+    return (rows[None, :] == rows[:, None]) | (rows[None, :] == _partner(n, device)[:, None])
+
+
 def _partner(n: int, device: torch.device) -> Tensor:
     """Index of each row's partner in ``Z = [a; b]``: i <-> i + n. (2n,) long."""
     return (torch.arange(2 * n, device=device) + n) % (2 * n)
@@ -112,9 +122,26 @@ def similarity(a: Tensor, b: Tensor, sim: Sim = "dot", eps: float = 1e-8) -> Ten
         (N, M) tensor ``S[i, j] = sim(a_i, b_j)``.
     """
     _check_sim(sim)
+    same = a is b
     if sim == "cos":
-        a, b = _normalize(a, eps), _normalize(b, eps)
-    return torch.einsum("nd,md->nm", a, b)
+        a = _normalize(a, eps)
+        b = a if same else _normalize(b, eps)
+    return _Gram.apply(a) if same else torch.einsum("nd,md->nm", a, b)
+
+
+class _Gram(torch.autograd.Function):
+    """``Z Zᵀ`` (N, N) of one (N, d) tensor; backward ``(G + Gᵀ) Z``: one matmul where the
+    two-operand product's backward takes two (NT-Xent and R contrast ``Z = [a; b]`` with itself)."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return z @ z.T
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return (g + g.T) @ z
 
 
 # --------------------------------------------------------------------------- contrastive (§5)
@@ -147,9 +174,8 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
     if n == 1:
         return _graph_zero(a, b)
     z = torch.cat([a, b], dim=0)  # (2N, d)
-    logits = similarity(z, z, sim) / tau  # (2N, 2N)
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
+    logits = similarity(z, z, sim) / tau  # (2N, 2N), a fresh tensor
+    logits.diagonal().fill_(float("-inf"))  # j != i (in place: no (2N, 2N) mask)
     return F.cross_entropy(logits, _partner(n, z.device))
 
 
@@ -287,27 +313,22 @@ def dynamic_boundary(
         return _graph_zero(a, b)
     z = torch.cat([a, b], dim=0)  # (2N, d)
     s = similarity(z, z, sim)  # (2N, 2N)
-    partner = _partner(n, z.device)  # (2N,)
-    rows = torch.arange(2 * n, device=z.device)
-    not_neg = (rows[None, :] == rows[:, None]) | (rows[None, :] == partner[:, None])  # (2N, 2N): i itself, p(i)
-    neg_mask = ~not_neg
-
-    # sigma- is read through neg_mask in place (masked max, masked sum), not gathered with s[neg_mask]:
-    # boolean indexing's nonzero and its index_put backward were ~5% of an ACLSRec step
+    # sigma- read in place: S with each row's own entry and its partner's set to -inf for the
+    # max and to +inf where relu(o_max - s) must be 0 (no boolean-index gather of 2N(2N-2) values)
+    not_neg = _self_and_partner(n, z.device)
+    low, high = s.masked_fill(not_neg, float("-inf")), s.masked_fill(not_neg, float("inf"))
     if not per_anchor:
         pos = torch.diagonal(s, offset=n)  # (N,)  S[i, i+N], i < N
-        min_pos, max_neg = pos.amin(), s.masked_fill(not_neg, float("-inf")).amax()
+        min_pos, max_neg = pos.amin(), low.amax()
         o_min, o_max = torch.minimum(min_pos, max_neg), torch.maximum(min_pos, max_neg)
         if detach_bounds:
             o_min, o_max = o_min.detach(), o_max.detach()
-        below = torch.where(neg_mask, F.relu(o_max - s), 0.0).sum() / (2 * n * (2 * n - 2))
-        return F.relu(pos - o_min).mean() + below
+        return F.relu(pos - o_min).mean() + F.relu(o_max - high).sum() / (2 * n * (2 * n - 2))
 
-    pos = s.gather(1, rearrange(partner, "r -> r 1"))  # (2N, 1)
-    max_neg = s.masked_fill(not_neg, float("-inf")).amax(dim=1, keepdim=True)  # (2N, 1)
+    pos = s.gather(1, rearrange(_partner(n, z.device), "r -> r 1"))  # (2N, 1)
+    max_neg = low.amax(dim=1, keepdim=True)  # (2N, 1)
     o_min, o_max = torch.minimum(pos, max_neg), torch.maximum(pos, max_neg)  # (2N, 1)
     if detach_bounds:
         o_min, o_max = o_min.detach(), o_max.detach()
-    below = torch.where(neg_mask, F.relu(o_max - s), 0.0).sum(dim=1) / (2 * n - 2)  # (2N,)
-    per_row = rearrange(F.relu(pos - o_min), "r 1 -> r") + below
+    per_row = rearrange(F.relu(pos - o_min), "r 1 -> r") + F.relu(o_max - high).sum(dim=1) / (2 * n - 2)  # (2N,)
     return per_row.mean()

@@ -168,6 +168,7 @@ class SASRec(Encoder):
         self.blocks = nn.ModuleList(TransformerBlock(opt) for _ in range(opt.layers))
         self._init_weights(opt.init_std)
         self._cached: tuple[Tensor, int, PackedLayout] | None = None
+        self._embedded: tuple[Tensor, int, Tensor] | None = None  # (dense H_in, its version, packed H_in)
 
     def _init_weights(self, std: float) -> None:
         for module in self.modules():
@@ -224,7 +225,19 @@ class SASRec(Encoder):
         if not self.packs(items):
             return self._embed_tokens(items, self.position_ids(items))
         layout = self.layout(items, self.ln.weight.dtype)
-        return layout.scatter(self._embed_packed(items, layout))
+        packed = self._embed_packed(items, layout)
+        dense = layout.scatter(packed)
+        version = _version(dense)
+        self._embedded = (dense, version, packed) if version is not None else None
+        return dense
+
+    def _pack(self, h_in: Tensor, layout: PackedLayout) -> Tensor:
+        """``layout.pack(h_in)``; for the unmodified H_in that :meth:`embed` just returned, its packed
+        tokens themselves (pack ∘ scatter is the identity), so no (B, W, d) gradient is built."""
+        e = self._embedded
+        if e is not None and e[0] is h_in and _version(h_in) == e[1] and e[2].shape[0] == layout.n:
+            return e[2]
+        return layout.pack(h_in)
 
     def attention_mask(self, items: Tensor) -> Tensor:
         """(B, T) → (B, 1, T, T) additive mask: causal, padding masked as keys."""
@@ -237,7 +250,7 @@ class SASRec(Encoder):
         if not self.packs(items):
             return self._dense(h_in, items)
         layout = self.layout(items, h_in.dtype)
-        x = layout.pack(h_in)
+        x = self._pack(h_in, layout)
         for block in self.blocks:
             x = block.packed(x, layout)
         return layout.scatter(x)
@@ -249,7 +262,7 @@ class SASRec(Encoder):
         if not self.packs(items):
             return super().contextualize_last(h_in, items, token_map)
         layout = self.layout(items, h_in.dtype)
-        x = layout.pack(h_in)
+        x = self._pack(h_in, layout)
         return self._last_slot(x if token_map is None else token_map(x), layout)
 
     def encode(self, items: Tensor) -> Tensor:

@@ -129,6 +129,12 @@ def similarity(a: Tensor, b: Tensor, sim: Sim = "dot", eps: float = 1e-8) -> Ten
     return _Gram.apply(a) if same else torch.einsum("nd,md->nm", a, b)
 
 
+def pair_similarity(a: Tensor, b: Tensor, sim: Sim = "dot") -> Tensor:
+    """``sim(Z, Z)`` (2N, 2N) of ``Z = [a; b]``, both (N, d): the matrix NT-Xent and ``R`` read."""
+    z = torch.cat([a, b], dim=0)
+    return similarity(z, z, sim)
+
+
 class _Gram(torch.autograd.Function):
     """``Z Zᵀ`` (N, N) of one (N, d) tensor; backward ``(G + Gᵀ) Z``: one matmul where the
     two-operand product's backward takes two (NT-Xent and R contrast ``Z = [a; b]`` with itself)."""
@@ -147,7 +153,7 @@ class _Gram(torch.autograd.Function):
 # --------------------------------------------------------------------------- contrastive (§5)
 
 
-def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
+def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot", s: Tensor | None = None) -> Tensor:
     """NT-Xent over two views (SPEC §5 default reading of eq. 17-18; CL4SRec/DuoRec).
 
     ``Z = [a; b]`` (2N, d), ``S = sim(Z, Z) / tau`` (2N, 2N). Each of the 2N rows
@@ -164,6 +170,7 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
         b: (N, d) second view (e.g. ``pr``).
         tau: temperature > 0.
         sim: ``"dot"`` (default, as printed) or ``"cos"``.
+        s: ``pair_similarity(a, b, sim)`` when the caller already has it (shared with ``R``).
 
     Returns:
         0-dim tensor.
@@ -173,10 +180,9 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
     _check_sim(sim)
     if n == 1:
         return _graph_zero(a, b)
-    z = torch.cat([a, b], dim=0)  # (2N, d)
-    logits = similarity(z, z, sim) / tau  # (2N, 2N), a fresh tensor
+    logits = (pair_similarity(a, b, sim) if s is None else s) / tau  # (2N, 2N), a fresh tensor
     logits.diagonal().fill_(float("-inf"))  # j != i (in place: no (2N, 2N) mask)
-    return F.cross_entropy(logits, _partner(n, z.device))
+    return F.cross_entropy(logits, _partner(n, logits.device))
 
 
 def info_nce(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
@@ -213,10 +219,11 @@ def contrastive(
     tau: float,
     sim: Sim = "dot",
     kind: ContrastiveKind = "nt_xent",
+    s: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch to :func:`nt_xent` (default) or :func:`info_nce`. (N, d), (N, d) -> 0-dim."""
+    """Dispatch to :func:`nt_xent` (default; ``s`` as there) or :func:`info_nce`. (N, d), (N, d) -> 0-dim."""
     if kind == "nt_xent":
-        return nt_xent(a, b, tau, sim)
+        return nt_xent(a, b, tau, sim, s)
     if kind == "info_nce":
         return info_nce(a, b, tau, sim)
     raise ValueError(f"unknown contrastive loss kind {kind!r}; expected one of {list(_KINDS)}")
@@ -260,6 +267,7 @@ def dynamic_boundary(
     sim: Sim = "dot",
     detach_bounds: bool = False,
     per_anchor: bool = False,
+    s: Tensor | None = None,
 ) -> Tensor:
     """Dynamic-boundary regularizer ``R`` (SPEC §7, eq. 24-31), exactly as printed.
 
@@ -302,6 +310,7 @@ def dynamic_boundary(
         sim: ``"dot"`` (default, ``S = Z Zᵀ``) or ``"cos"``.
         detach_bounds: stop gradients through the boundaries.
         per_anchor: boundaries per anchor row instead of over the whole batch.
+        s: ``pair_similarity(a, b, sim)`` when the caller already has it (shared with NT-Xent).
 
     Returns:
         0-dim tensor. ``N = 1`` (sigma- empty) gives an exact 0 that still
@@ -311,11 +320,11 @@ def dynamic_boundary(
     _check_sim(sim)
     if n == 1:
         return _graph_zero(a, b)
-    z = torch.cat([a, b], dim=0)  # (2N, d)
-    s = similarity(z, z, sim)  # (2N, 2N)
+    if s is None:
+        s = pair_similarity(a, b, sim)  # (2N, 2N)
     # sigma- read in place: S with each row's own entry and its partner's set to -inf for the
     # max and to +inf where relu(o_max - s) must be 0 (no boolean-index gather of 2N(2N-2) values)
-    not_neg = _self_and_partner(n, z.device)
+    not_neg = _self_and_partner(n, s.device)
     low, high = s.masked_fill(not_neg, float("-inf")), s.masked_fill(not_neg, float("inf"))
     if not per_anchor:
         pos = torch.diagonal(s, offset=n)  # (N,)  S[i, i+N], i < N
@@ -325,7 +334,7 @@ def dynamic_boundary(
             o_min, o_max = o_min.detach(), o_max.detach()
         return F.relu(pos - o_min).mean() + F.relu(o_max - high).sum() / (2 * n * (2 * n - 2))
 
-    pos = s.gather(1, rearrange(_partner(n, z.device), "r -> r 1"))  # (2N, 1)
+    pos = s.gather(1, rearrange(_partner(n, s.device), "r -> r 1"))  # (2N, 1)
     max_neg = low.amax(dim=1, keepdim=True)  # (2N, 1)
     o_min, o_max = torch.minimum(pos, max_neg), torch.maximum(pos, max_neg)  # (2N, 1)
     if detach_bounds:

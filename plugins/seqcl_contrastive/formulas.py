@@ -93,11 +93,14 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _self_and_partner(n: int, device: torch.device) -> Tensor:
-    """(2N, 2N) bool, True at S[i, i] and S[i, p(i)] (the diagonals 0, N, -N); cached per size:
-    a constant of the batch size, so it is built once per run, not per step."""
-    rows = torch.arange(2 * n, device=device)
-    return (rows[None, :] == rows[:, None]) | (rows[None, :] == _partner(n, device)[:, None])
+def _excluded(n: int, value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(2N, 2N): ``value`` at S[i, i] and S[i, p(i)] (the diagonals 0, N, -N), 0 elsewhere; added
+    to S, it takes those entries out of a max (-inf) or a relu(o - S) sum (+inf) in one pass,
+    with a pass-through gradient. A constant of the batch size: built once per run."""
+    out = torch.zeros(2 * n, 2 * n, device=device, dtype=dtype)
+    for offset in (0, n, -n):
+        out.diagonal(offset).fill_(value)
+    return out
 
 
 def _partner(n: int, device: torch.device) -> Tensor:
@@ -136,8 +139,8 @@ def pair_similarity(a: Tensor, b: Tensor, sim: Sim = "dot") -> Tensor:
 
 
 class _Gram(torch.autograd.Function):
-    """``Z Zᵀ`` (N, N) of one (N, d) tensor; backward ``(G + Gᵀ) Z``: one matmul where the
-    two-operand product's backward takes two (NT-Xent and R contrast ``Z = [a; b]`` with itself)."""
+    """``Z Zᵀ`` (N, N) of one (N, d) tensor (NT-Xent and R contrast ``Z = [a; b]`` with itself):
+    plain matmuls (no einsum permute copies); backward ``G Z + Gᵀ Z``."""
 
     @staticmethod
     def forward(ctx, z):  # type: ignore[override]
@@ -147,7 +150,7 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        return (g + g.T) @ z
+        return torch.addmm(g @ z, g.T, z)  # two matmuls: cheaper than materialising G + Gᵀ
 
 
 # --------------------------------------------------------------------------- contrastive (§5)
@@ -322,10 +325,10 @@ def dynamic_boundary(
         return _graph_zero(a, b)
     if s is None:
         s = pair_similarity(a, b, sim)  # (2N, 2N)
-    # sigma- read in place: S with each row's own entry and its partner's set to -inf for the
+    # sigma- read in place: S with each row's own entry and its partner's moved to -inf for the
     # max and to +inf where relu(o_max - s) must be 0 (no boolean-index gather of 2N(2N-2) values)
-    not_neg = _self_and_partner(n, s.device)
-    low, high = s.masked_fill(not_neg, float("-inf")), s.masked_fill(not_neg, float("inf"))
+    low = s + _excluded(n, float("-inf"), s.device, s.dtype)
+    high = s + _excluded(n, float("inf"), s.device, s.dtype)
     if not per_anchor:
         pos = torch.diagonal(s, offset=n)  # (N,)  S[i, i+N], i < N
         min_pos, max_neg = pos.amin(), low.amax()

@@ -93,12 +93,14 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _excluded(n: int, value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(2N, 2N): ``value`` at S[i, i] and S[i, p(i)] (the diagonals 0, N, -N), 0 elsewhere; added
-    to S, it takes those entries out of a max (-inf) or a relu(o - S) sum (+inf) in one pass,
-    with a pass-through gradient. A constant of the batch size: built once per run."""
+def _excluded(n: int, value: float, device: torch.device, dtype: torch.dtype,
+              offsets: tuple[int, ...] | None = None) -> Tensor:
+    """(2N, 2N): ``value`` on the diagonals ``offsets`` (default 0, N, -N: S[i, i] and S[i, p(i)]),
+    0 elsewhere. Added to S it takes those entries out of a max or a softmax (-inf) or of a
+    relu(o - S) sum (+inf) in one pass, with a pass-through gradient. A constant of the batch
+    size: built once per run."""
     out = torch.zeros(2 * n, 2 * n, device=device, dtype=dtype)
-    for offset in (0, n, -n):
+    for offset in (0, n, -n) if offsets is None else offsets:
         out.diagonal(offset).fill_(value)
     return out
 
@@ -183,9 +185,11 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot", s: Tensor | None
     _check_sim(sim)
     if n == 1:
         return _graph_zero(a, b)
-    logits = (pair_similarity(a, b, sim) if s is None else s) / tau  # (2N, 2N), a fresh tensor
-    logits.diagonal().fill_(float("-inf"))  # j != i (in place: no (2N, 2N) mask)
-    return F.cross_entropy(logits, _partner(n, logits.device))
+    if s is None:
+        s = pair_similarity(a, b, sim)  # (2N, 2N)
+    # S/τ with the diagonal (j = i) at -inf, in one pass with a pass-through gradient
+    logits = torch.add(_excluded(n, float("-inf"), s.device, s.dtype, (0,)), s, alpha=1.0 / tau)
+    return F.cross_entropy(logits, _partner(n, s.device))
 
 
 def info_nce(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:

@@ -86,7 +86,7 @@ class Views:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     #: per-step values the loss terms share, keyed by their owner (e.g. the similarity matrix
     #: of a pair, which ``cl`` and ``boundary`` both need); built once, read by both
-    shared: dict[Any, Tensor] = field(default_factory=dict, repr=False)
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def pair_tensors(self) -> list[tuple[Tensor, Tensor]]:
         return [(self.tensors[a], self.tensors[b]) for a, b in self.pairs]

@@ -168,7 +168,6 @@ class SASRec(Encoder):
         self.blocks = nn.ModuleList(TransformerBlock(opt) for _ in range(opt.layers))
         self._init_weights(opt.init_std)
         self._cached: tuple[Tensor, int, PackedLayout] | None = None
-        self._embedded: tuple[Tensor, int, Tensor] | None = None  # (dense H_in, its version, packed H_in)
 
     def _init_weights(self, std: float) -> None:
         for module in self.modules():
@@ -228,15 +227,17 @@ class SASRec(Encoder):
         packed = self._embed_packed(items, layout)
         dense = layout.scatter(packed)
         version = _version(dense)
-        self._embedded = (dense, version, packed) if version is not None else None
+        if version is not None:  # kept on the tensor itself: it lives exactly as long as H_in
+            dense._seqcl_packed = (version, layout, packed)  # type: ignore[attr-defined]
         return dense
 
-    def _pack(self, h_in: Tensor, layout: PackedLayout) -> Tensor:
-        """``layout.pack(h_in)``; for the unmodified H_in that :meth:`embed` just returned, its packed
-        tokens themselves (pack ∘ scatter is the identity), so no (B, W, d) gradient is built."""
-        e = self._embedded
-        if e is not None and e[0] is h_in and _version(h_in) == e[1] and e[2].shape[0] == layout.n:
-            return e[2]
+    @staticmethod
+    def _pack(h_in: Tensor, layout: PackedLayout) -> Tensor:
+        """``layout.pack(h_in)``; for an unmodified H_in from :meth:`embed` of the same items (same
+        layout), its packed tokens themselves (pack ∘ scatter is the identity): no (B, W, d) gradient."""
+        kept = getattr(h_in, "_seqcl_packed", None)
+        if kept is not None and kept[0] == _version(h_in) and kept[1] is layout:
+            return kept[2]
         return layout.pack(h_in)
 
     def attention_mask(self, items: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ class Recorder:
         self.h: Tensor | None = None
         self.views: Views | None = None
         self.batch: Batch | None = None
-        self.hidden: Tensor | None = None  # the main path's H (B, W, d), as the augmenter receives it
+        self.hidden: Tensor | None = None  # the main path's H as the augmenter receives it: (B, W, d), or (B, 1, d)
 
 
 class _RecordedTerm:

@@ -9,6 +9,11 @@ One training step, as the core runs it (``seqcl.training``)::
     views = augmenter(batch, encoder, h_in, H)        # named (B, d) views + pairs
     loss += Σ weight_i · term_i(views, batch)         # only the selected terms
 
+An augmenter that reads only the last slot of ``H`` (``hidden_slots = "last"``)
+gets ``H[:, -1:]`` (B, 1, d), from ``encoder.contextualize_last`` (or ``encode``
+when it does not read ``h_in`` either, ``reads_embedding = False``), which an
+encoder may compute more cheaply (SASRec runs its last layer for the last slot only).
+
 The augmenter receives the main path's own ``h_in`` and ``H`` so nothing is
 recomputed: ACLSRec transforms ``h_in`` and runs the Transformer once more;
 CL4SRec encodes two augmented copies of ``batch.items``; DuoRec re-encodes
@@ -37,7 +42,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +84,9 @@ class Views:
 
     tensors: dict[str, Tensor] = field(default_factory=dict)
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    #: per-step values the loss terms share, keyed by their owner (e.g. the similarity matrix
+    #: of a pair, which ``cl`` and ``boundary`` both need); built once, read by both
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def pair_tensors(self) -> list[tuple[Tensor, Tensor]]:
         return [(self.tensors[a], self.tensors[b]) for a, b in self.pairs]
@@ -152,9 +160,19 @@ class Encoder(nn.Module, ABC):
         """The augmenter reads every slot of ``H`` (``Augmenter.full_width``): compute all of
         them, no shortcut that leaves padding slots or earlier slots unset. Default: nothing to do."""
 
+    def contextualize_last(self, h_in: Tensor, items: Tensor,
+                           token_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """H_in (B, T, d) → (B, d): the last slot of ``contextualize(token_map(h_in), items)``.
+
+        ``token_map`` acts on each token alone, (..., d) → (..., d) (ACLSRec's token-scope
+        ``MLP_p``), so an encoder may apply it only to the slots that can reach the last
+        one (SASRec: the active tokens) and run its last layer for the last slot alone."""
+        x = h_in if token_map is None else token_map(h_in)
+        return self.contextualize(x, items)[:, -1]
+
     def encode(self, items: Tensor) -> Tensor:
         """(B, T) long → (B, d): the user representation at the last slot."""
-        return self.contextualize(self.embed(items), items)[:, -1]
+        return self.contextualize_last(self.embed(items), items)
 
 
 class Augmenter(nn.Module):
@@ -185,10 +203,15 @@ class Augmenter(nn.Module):
     extra_rows: int = 0
     pairs: list[tuple[str, str]] = []
     full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)
+    #: which slots of ``hidden`` forward reads: "all", or "last" (the core then passes H[:, -1:], (B, 1, d))
+    hidden_slots: Literal["all", "last"] = "all"
+    #: whether forward reads ``h_in`` (False: the core passes None and may skip the dense H_in)
+    reads_embedding: bool = True
 
-    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:  # noqa: D401
+    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
-        embedding output and Transformer output; the main representation is ``hidden[:, -1]``."""
+        embedding output and Transformer output; the main representation is ``hidden[:, -1]``.
+        With ``hidden_slots = "last"``, ``hidden`` is (B, 1, d); without ``reads_embedding``, ``h_in`` is None."""
         return Views()
 
 

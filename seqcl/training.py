@@ -162,8 +162,7 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     local = {"main"}  # parts that are means over this rank's rows
     h_in = hidden = h = None
     if model.terms:
-        h_in = model.encoder.embed(batch.items)
-        hidden = model.encoder.contextualize(h_in, batch.items)
+        h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
         h = hidden[:, -1]
     elif model.objective.uses_main_pass:
         h = model.encoder.encode(batch.items)
@@ -196,6 +195,21 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     mean = shard.average(torch.stack([total.detach().float()] + [
         parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
     return StepOutput(total, dict(zip(names, mean[1:])), skipped, loss=mean[0])
+
+
+def main_pass(encoder: Encoder, augmenter: Augmenter, items: Tensor) -> tuple[Tensor | None, Tensor]:
+    """``(h_in, hidden)`` for the augmenter: only what it declares it reads.
+
+    ``hidden_slots = "last"``: ``hidden`` is H[:, -1:] (B, 1, d), from the encoder's
+    last-slot paths; without ``reads_embedding``, ``h_in`` is None and the embedding
+    need not be materialised. Otherwise the full (B, T, d) ``H_in`` and ``H``."""
+    if augmenter.hidden_slots == "last":
+        if not augmenter.reads_embedding:
+            return None, encoder.encode(items).unsqueeze(1)
+        h_in = encoder.embed(items)
+        return h_in, encoder.contextualize_last(h_in, items).unsqueeze(1)
+    h_in = encoder.embed(items)
+    return h_in, encoder.contextualize(h_in, items)
 
 
 def check_views(views: Views, batch_size: int, width: int, label: str) -> None:

@@ -8,6 +8,8 @@ ulps of the largest gradient; in float64 the same comparison agrees to 1e-12.
 Ranks are compared for equality.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -41,8 +43,12 @@ def fixed_batch(data, model, size=96):
                                 trim=not model.augmenter.full_width))
 
 
-def loss_and_grads(model, batch, r, layout, dtype=torch.float32):
+def loss_and_grads(model, batch, r, layout, dtype=torch.float32, state=None):
+    """Loss and gradients of one step; ``state`` (a ``Model.state_dict``) is loaded first, so
+    that augmenters with their own random streams (CL4SRec, DuoRec) draw the same views."""
     model.encoder.layout_mode = layout
+    if state is not None:
+        model.load_state_dict(copy.deepcopy(state))
     for p in model.parameters():
         p.grad = None
     torch.manual_seed(0)
@@ -67,26 +73,50 @@ def assert_close(got, ref, rtol=RTOL, atol=ATOL):
             name, float((g1[name] - g2[name]).abs().max()), scale)
 
 
-@pytest.mark.parametrize("augmenter", ["none", "aclsrec"])
-def test_packed_step_equals_padded_step(plugins, tmp_path, tiny_file, augmenter):
-    """Loss and every gradient: packed per-token layers + bucketed attention (+ the last-slot-only
-    final layer for ``none``) against the padded reference layout, on a fixed batch, dropout 0."""
-    r, data, model = build(plugins, tmp_path, tiny_file, augmenter)
+#: every augmenter whose step has a fast path: packed layout, last-slot main pass and views
+#: (``hidden_slots = "last"``), ACLSRec's MLP_p on packed tokens and last-slot perturbed pass
+FAST_PATHS = [("none", ()), ("aclsrec", ()), ("random", ()), ("crop", ()), ("mask", ()), ("reorder", ()),
+              ("dropout", ()), ("dropout", ("dropout.mode=unsupervised",)), ("dropout", ("dropout.mode=supervised",))]
+
+
+def plain_reference(model, batch, r, state):
+    """The plain path: padded layout, and the core's main pass computing every slot of H
+    (as for an augmenter that reads them all), so the views see the full (B, T, d) tensors."""
+    aug = model.augmenter
+    saved = aug.hidden_slots, aug.reads_embedding
+    aug.hidden_slots, aug.reads_embedding = "all", True
+    try:
+        return loss_and_grads(model, batch, r, "padded", state=state)
+    finally:
+        aug.hidden_slots, aug.reads_embedding = saved
+
+
+@pytest.mark.parametrize("augmenter, extra", FAST_PATHS)
+def test_packed_step_equals_padded_step(plugins, tmp_path, tiny_file, augmenter, extra):
+    """Loss and every gradient of the default step (packed per-token layers, bucketed attention,
+    last-slot-only final layers, ACLSRec's MLP_p on packed tokens) against the plain padded
+    path, on a fixed batch, dropout 0."""
+    r, data, model = build(plugins, tmp_path, tiny_file, augmenter, *extra)
     batch = fixed_batch(data, model)
     lengths = batch.lengths()
     assert int(lengths.min()) < int(lengths.max())  # a real mix of lengths → several buckets
     assert len(model.encoder.layout(batch.items).buckets) >= 3
-    assert_close(loss_and_grads(model, batch, r, "packed"), loss_and_grads(model, batch, r, "padded"))
+    state = copy.deepcopy(model.state_dict())
+    ref = plain_reference(model, batch, r, state)
+    got = loss_and_grads(model, batch, r, "packed", state=state)
+    assert len(ref[1]) > 4 and float(ref[0]) > 0
+    assert_close(got, ref)
 
 
-@pytest.mark.parametrize("augmenter", ["none", "aclsrec"])
+@pytest.mark.parametrize("augmenter", ["none", "aclsrec", "random", "dropout"])
 def test_packed_step_equals_padded_step_float64(plugins, tmp_path, tiny_file, augmenter):
     """The fp32 differences are rounding only: in float64 they vanish to 1e-12."""
     r, data, model = build(plugins, tmp_path, tiny_file, augmenter)
     for m in model.modules():
         m.double()
     batch = fixed_batch(data, model)
-    assert_close(loss_and_grads(model, batch, r, "packed"), loss_and_grads(model, batch, r, "padded"),
+    state = copy.deepcopy(model.state_dict())
+    assert_close(loss_and_grads(model, batch, r, "packed", state=state), plain_reference(model, batch, r, state),
                  rtol=1e-10, atol=1e-12)
 
 

@@ -9,7 +9,7 @@ import yaml
 from seqcl.config import parse_assignment, resolve
 from seqcl.data.dataset import eval_set, training_samples, trim_padding
 from seqcl.plugins import load_plugins
-from seqcl.training import iterate_batches, prepare, train, training_step
+from seqcl.training import iterate_batches, main_pass, prepare, train, training_step
 
 from conftest import TINY
 
@@ -153,3 +153,23 @@ def test_sampled_and_bce_main_losses_train(plugins, tmp_path, tiny_file):
                    augmenter="aclsrec", dataset=tiny_file)
         res = train(r, plugins, log=lambda m: None)
         assert 0 <= res.test["hr@10"] <= 1
+
+
+@pytest.mark.parametrize("augmenter, slots, embedding", [("none", "all", True), ("aclsrec", "last", True),
+                                                        ("random", "last", False), ("dropout", "last", False)])
+def test_main_pass_gives_what_the_augmenter_declares(plugins, tmp_path, tiny_file, augmenter, slots, embedding):
+    """``hidden_slots`` / ``reads_embedding`` travel from the augmenter to the core's main pass:
+    H[:, -1:] (B, 1, d) for "last", no H_in without ``reads_embedding``; the same last slot as
+    the full pass either way."""
+    r = config(plugins, tmp_path, "sasrec.dropout=0", "sasrec.attn_dropout=0", augmenter=augmenter,
+               dataset=tiny_file)
+    data, _, model = prepare(r, plugins)
+    aug = model.augmenter
+    assert (aug.hidden_slots, aug.reads_embedding) == (slots, embedding)
+    items = next(iterate_batches(training_samples(data), 32, model.max_len, torch.Generator().manual_seed(0),
+                                 torch.device("cpu"))).items
+    h_in, hidden = main_pass(model.encoder, aug, items)
+    assert hidden.shape == ((32, 1, 16) if slots == "last" else (32, items.shape[1], 16))
+    assert (h_in is None) == (not embedding)
+    full = model.encoder.contextualize(model.encoder.embed(items), items)[:, -1]
+    assert torch.allclose(hidden[:, -1], full, atol=1e-6)

@@ -4,6 +4,12 @@ One embedding pass gives ``H_in``; it feeds the main path (``o``) and the
 perturbed path (``MLP_p`` → shared Transformer → ``p``). ``pr`` restores ``p``
 with ``MLP_r``; ``op`` perturbs ``o`` with ``MLP_p'``. So a step runs the
 embedding once and the Transformer twice.
+
+Every view is read at the last slot. Under ``token`` scope the MLPs act on each
+slot alone, so ``MLP_r``/``MLP_p'`` run on the last slot only, ``MLP_p`` runs
+inside ``encoder.contextualize_last`` (SASRec: on the packed active tokens), and
+both Transformer passes are last-slot passes (``hidden_slots = "last"``).
+``sequence`` scope mixes slots and runs everything on the full padded layout.
 """
 
 from __future__ import annotations
@@ -70,32 +76,25 @@ class ACLSRecAugmenter(Augmenter):
         self.scope = options.scope
         self.max_len = ctx.max_len
         self.full_width = options.scope == "sequence"  # the flattened MLP needs all T slots
+        self.hidden_slots = "last" if options.scope == "token" else "all"  # token scope reads H[:, -1] only
         width = ctx.hidden_size if options.scope == "token" else ctx.hidden_size * ctx.max_len
         make = lambda: MLP(width, options.mlp_depth, options.residual, options.init_std)  # noqa: E731
         self.mlp_p, self.mlp_r, self.mlp_p2 = make(), make(), make()
 
-    def _map(self, mlp: MLP, x: Tensor) -> Tensor:
-        """Per token: x (..., d) as is. Per sequence: (B, T, d) flattened to (B, T·d) and back."""
-        if self.scope == "token":
-            return mlp(x)
+    def _per_sequence(self, mlp: MLP, x: Tensor) -> Tensor:
+        """Sequence scope: (B, T, d) flattened to (B, T·d), mapped, and back."""
         t = x.shape[1]
         if t != self.max_len:
             raise ValueError(f"sequence scope needs the full padded layout (T={self.max_len}), got T={t}")
         return rearrange(mlp(rearrange(x, "b t d -> b (t d)")), "b (t d) -> b t d", t=t)
 
-    def _last(self, mlp: MLP, hidden: Tensor) -> Tensor:
-        """MLP on the Transformer output, last slot only: under token scope that is the same
-        as mapping every slot and then taking the last, at 1/T of the cost."""
-        if self.scope == "token":
-            return mlp(hidden[:, -1])
-        return self._map(mlp, hidden)[:, -1]
-
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:
-        perturbed = encoder.contextualize(self._map(self.mlp_p, h_in), batch.items)  # eq. 11–12
-        views = {
-            "o": hidden[:, -1],  # eq. 14, the main path's own output
-            "p": perturbed[:, -1],
-            "pr": self._last(self.mlp_r, perturbed),  # eq. 13
-            "op": self._last(self.mlp_p2, hidden),  # eq. 15
-        }
+        if self.scope == "token":  # per-token MLPs: the last slot is all the views read
+            p = encoder.contextualize_last(h_in, batch.items, token_map=self.mlp_p)  # eq. 11–12
+            o = hidden[:, -1]
+            views = {"o": o, "p": p, "pr": self.mlp_r(p), "op": self.mlp_p2(o)}  # eq. 14, 13, 15
+        else:
+            perturbed = encoder.contextualize(self._per_sequence(self.mlp_p, h_in), batch.items)
+            views = {"o": hidden[:, -1], "p": perturbed[:, -1], "pr": self._per_sequence(self.mlp_r, perturbed)[:, -1],
+                     "op": self._per_sequence(self.mlp_p2, hidden)[:, -1]}
         return Views(views, list(self.pairs))

@@ -89,6 +89,8 @@ class CL4SRecAugmenter(OwnsGenerators, Augmenter):
     default_terms = {"cl": {"weight": 0.1, "tau": 1.0}}  # dot product is the cl term's default
     pairs = [("v1", "v2")]
     uses_mask = False  # True: the augmenter may emit the mask token
+    hidden_slots = "last"  # views are encodings of their own; the main pass is read at its last slot only
+    reads_embedding = False
 
     def __init__(self, options, ctx: BuildContext) -> None:
         super().__init__()

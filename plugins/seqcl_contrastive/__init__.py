@@ -61,6 +61,15 @@ class _PairTerm:
         _require_pairs(cls.term, ctx.augmenter, ctx.view_pairs, cls.exactly)
 
 
+def _pair_similarities(views: Views, sim: str) -> list[Tensor]:
+    """``pair_similarity`` of every pair, computed once per step and shared by ``cl`` and
+    ``boundary`` (through ``views.shared``): same values, one matrix and one backward instead of two."""
+    key = ("contrastive.pair_similarity", sim)
+    if key not in views.shared:
+        views.shared[key] = [formulas.pair_similarity(a, b, sim) for a, b in views.pair_tensors()]
+    return views.shared[key]
+
+
 def _zero_like(views: Views) -> Tensor:
     return next(iter(views.tensors.values())).sum() * 0.0
 
@@ -91,7 +100,10 @@ class ContrastiveTerm(_PairTerm):
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
         o = self.options
-        values = [formulas.contrastive(a, b, o.tau, sim=o.sim, kind=o.kind) for a, b in views.pair_tensors()]
+        pairs = views.pair_tensors()
+        shared = _pair_similarities(views, o.sim) if o.kind == "nt_xent" else [None] * len(pairs)
+        values = [formulas.contrastive(a, b, o.tau, sim=o.sim, kind=o.kind, s=s)
+                  for (a, b), s in zip(pairs, shared)]
         return torch.stack(values).sum() if values else _zero_like(views)
 
 
@@ -147,9 +159,11 @@ class BoundaryTerm(_PairTerm):
 
     def __call__(self, views: Views, batch: Batch) -> Tensor:
         o = self.options
+        pairs = views.pair_tensors()
+        shared = _pair_similarities(views, o.sim)
         values = [
-            formulas.dynamic_boundary(a, b, sim=o.sim, detach_bounds=o.detach_bounds, per_anchor=o.per_anchor)
-            for a, b in views.pair_tensors()
+            formulas.dynamic_boundary(a, b, sim=o.sim, detach_bounds=o.detach_bounds, per_anchor=o.per_anchor, s=s)
+            for (a, b), s in zip(pairs, shared)
         ]
         return torch.stack(values).sum() if values else _zero_like(views)
 

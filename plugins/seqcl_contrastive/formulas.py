@@ -27,6 +27,8 @@ Numerics
 
 from __future__ import annotations
 
+import functools
+
 from typing import Literal
 
 import torch
@@ -90,6 +92,19 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+@functools.lru_cache(maxsize=8)
+def _excluded(n: int, value: float, device: torch.device, dtype: torch.dtype,
+              offsets: tuple[int, ...] | None = None) -> Tensor:
+    """(2N, 2N): ``value`` on the diagonals ``offsets`` (default 0, N, -N: S[i, i] and S[i, p(i)]),
+    0 elsewhere. Added to S it takes those entries out of a max or a softmax (-inf) or of a
+    relu(o - S) sum (+inf) in one pass, with a pass-through gradient. A constant of the batch
+    size: built once per run."""
+    out = torch.zeros(2 * n, 2 * n, device=device, dtype=dtype)
+    for offset in (0, n, -n) if offsets is None else offsets:
+        out.diagonal(offset).fill_(value)
+    return out
+
+
 def _partner(n: int, device: torch.device) -> Tensor:
     """Index of each row's partner in ``Z = [a; b]``: i <-> i + n. (2n,) long."""
     return (torch.arange(2 * n, device=device) + n) % (2 * n)
@@ -112,15 +127,38 @@ def similarity(a: Tensor, b: Tensor, sim: Sim = "dot", eps: float = 1e-8) -> Ten
         (N, M) tensor ``S[i, j] = sim(a_i, b_j)``.
     """
     _check_sim(sim)
+    same = a is b
     if sim == "cos":
-        a, b = _normalize(a, eps), _normalize(b, eps)
-    return torch.einsum("nd,md->nm", a, b)
+        a = _normalize(a, eps)
+        b = a if same else _normalize(b, eps)
+    return _Gram.apply(a) if same else torch.einsum("nd,md->nm", a, b)
+
+
+def pair_similarity(a: Tensor, b: Tensor, sim: Sim = "dot") -> Tensor:
+    """``sim(Z, Z)`` (2N, 2N) of ``Z = [a; b]``, both (N, d): the matrix NT-Xent and ``R`` read."""
+    z = torch.cat([a, b], dim=0)
+    return similarity(z, z, sim)
+
+
+class _Gram(torch.autograd.Function):
+    """``Z Zᵀ`` (N, N) of one (N, d) tensor (NT-Xent and R contrast ``Z = [a; b]`` with itself):
+    plain matmuls (no einsum permute copies); backward ``G Z + Gᵀ Z``."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return z @ z.T
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return torch.addmm(g @ z, g.T, z)  # two matmuls: cheaper than materialising G + Gᵀ
 
 
 # --------------------------------------------------------------------------- contrastive (§5)
 
 
-def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
+def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot", s: Tensor | None = None) -> Tensor:
     """NT-Xent over two views (SPEC §5 default reading of eq. 17-18; CL4SRec/DuoRec).
 
     ``Z = [a; b]`` (2N, d), ``S = sim(Z, Z) / tau`` (2N, 2N). Each of the 2N rows
@@ -137,6 +175,7 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
         b: (N, d) second view (e.g. ``pr``).
         tau: temperature > 0.
         sim: ``"dot"`` (default, as printed) or ``"cos"``.
+        s: ``pair_similarity(a, b, sim)`` when the caller already has it (shared with ``R``).
 
     Returns:
         0-dim tensor.
@@ -146,11 +185,11 @@ def nt_xent(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
     _check_sim(sim)
     if n == 1:
         return _graph_zero(a, b)
-    z = torch.cat([a, b], dim=0)  # (2N, d)
-    logits = similarity(z, z, sim) / tau  # (2N, 2N)
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, _partner(n, z.device))
+    if s is None:
+        s = pair_similarity(a, b, sim)  # (2N, 2N)
+    # S/τ with the diagonal (j = i) at -inf, in one pass with a pass-through gradient
+    logits = torch.add(_excluded(n, float("-inf"), s.device, s.dtype, (0,)), s, alpha=1.0 / tau)
+    return F.cross_entropy(logits, _partner(n, s.device))
 
 
 def info_nce(a: Tensor, b: Tensor, tau: float, sim: Sim = "dot") -> Tensor:
@@ -187,10 +226,11 @@ def contrastive(
     tau: float,
     sim: Sim = "dot",
     kind: ContrastiveKind = "nt_xent",
+    s: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch to :func:`nt_xent` (default) or :func:`info_nce`. (N, d), (N, d) -> 0-dim."""
+    """Dispatch to :func:`nt_xent` (default; ``s`` as there) or :func:`info_nce`. (N, d), (N, d) -> 0-dim."""
     if kind == "nt_xent":
-        return nt_xent(a, b, tau, sim)
+        return nt_xent(a, b, tau, sim, s)
     if kind == "info_nce":
         return info_nce(a, b, tau, sim)
     raise ValueError(f"unknown contrastive loss kind {kind!r}; expected one of {list(_KINDS)}")
@@ -234,6 +274,7 @@ def dynamic_boundary(
     sim: Sim = "dot",
     detach_bounds: bool = False,
     per_anchor: bool = False,
+    s: Tensor | None = None,
 ) -> Tensor:
     """Dynamic-boundary regularizer ``R`` (SPEC §7, eq. 24-31), exactly as printed.
 
@@ -276,6 +317,7 @@ def dynamic_boundary(
         sim: ``"dot"`` (default, ``S = Z Zᵀ``) or ``"cos"``.
         detach_bounds: stop gradients through the boundaries.
         per_anchor: boundaries per anchor row instead of over the whole batch.
+        s: ``pair_similarity(a, b, sim)`` when the caller already has it (shared with NT-Xent).
 
     Returns:
         0-dim tensor. ``N = 1`` (sigma- empty) gives an exact 0 that still
@@ -285,27 +327,24 @@ def dynamic_boundary(
     _check_sim(sim)
     if n == 1:
         return _graph_zero(a, b)
-    z = torch.cat([a, b], dim=0)  # (2N, d)
-    s = similarity(z, z, sim)  # (2N, 2N)
-    partner = _partner(n, z.device)  # (2N,)
-    rows = torch.arange(2 * n, device=z.device)
-    pos_mask = F.one_hot(partner, 2 * n).bool()  # (2N, 2N), True at (i, p(i))
-    neg_mask = ~(pos_mask | (rows[:, None] == rows[None, :]))  # (2N, 2N)
-
+    if s is None:
+        s = pair_similarity(a, b, sim)  # (2N, 2N)
+    # sigma- read in place: S with each row's own entry and its partner's moved to -inf for the
+    # max and to +inf where relu(o_max - s) must be 0 (no boolean-index gather of 2N(2N-2) values)
+    low = s + _excluded(n, float("-inf"), s.device, s.dtype)
+    high = s + _excluded(n, float("inf"), s.device, s.dtype)
     if not per_anchor:
         pos = torch.diagonal(s, offset=n)  # (N,)  S[i, i+N], i < N
-        neg = s[neg_mask]  # (2N(2N-2),)
-        min_pos, max_neg = pos.amin(), neg.amax()
+        min_pos, max_neg = pos.amin(), low.amax()
         o_min, o_max = torch.minimum(min_pos, max_neg), torch.maximum(min_pos, max_neg)
         if detach_bounds:
             o_min, o_max = o_min.detach(), o_max.detach()
-        return F.relu(pos - o_min).mean() + F.relu(o_max - neg).mean()
+        return F.relu(pos - o_min).mean() + F.relu(o_max - high).sum() / (2 * n * (2 * n - 2))
 
-    pos = s.gather(1, rearrange(partner, "r -> r 1"))  # (2N, 1)
-    neg = rearrange(s[neg_mask], "(r c) -> r c", r=2 * n)  # (2N, 2N-2)
-    max_neg = neg.amax(dim=1, keepdim=True)  # (2N, 1)
+    pos = s.gather(1, rearrange(_partner(n, s.device), "r -> r 1"))  # (2N, 1)
+    max_neg = low.amax(dim=1, keepdim=True)  # (2N, 1)
     o_min, o_max = torch.minimum(pos, max_neg), torch.maximum(pos, max_neg)  # (2N, 1)
     if detach_bounds:
         o_min, o_max = o_min.detach(), o_max.detach()
-    per_row = rearrange(F.relu(pos - o_min), "r 1 -> r") + F.relu(o_max - neg).mean(dim=1)  # (2N,)
+    per_row = rearrange(F.relu(pos - o_min), "r 1 -> r") + F.relu(o_max - high).sum(dim=1) / (2 * n - 2)  # (2N,)
     return per_row.mean()

@@ -49,6 +49,8 @@ class DuoRecAugmenter(OwnsGenerators, Augmenter):
     """Views ``h``, ``h_prime``, ``h_sem`` (those the mode needs); one pair."""
 
     default_terms = {"cl": {"weight": 0.1, "tau": 1.0}}  # dot product is the cl term's default
+    hidden_slots = "last"  # ``h`` is the main pass's last slot; the other views are encodings of their own
+    reads_embedding = False
 
     @classmethod
     def pairs_for(cls, options: DuoRecOptions | None) -> list[tuple[str, str]]:

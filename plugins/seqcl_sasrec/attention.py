@@ -28,8 +28,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    keep = (torch.rand_like(x) >= p).to(x.dtype)
-    return x * keep.mul_(1.0 / (1.0 - p))
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # in place: 0 or 1/(1-p), no bool/cast copies
+    return x * keep
 
 
 class Dropout(nn.Module):

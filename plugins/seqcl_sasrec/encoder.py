@@ -16,9 +16,11 @@ Two layouts compute the same outputs for every slot a caller can read:
   padding) is masked as a key and so never feeds an active one. Inactive slots
   of the returned (B, W, d) tensors are 0.
 
-  :meth:`SASRec.encode` (evaluation, CL4SRec, DuoRec, and the core's step when
-  no loss term reads ``hidden``) also runs the last layer's attention,
-  projection and feed-forward for the last slot only.
+  :meth:`SASRec.encode` (evaluation, CL4SRec's and DuoRec's views, and the
+  core's main pass when no augmenter reads more than the last slot) and
+  :meth:`SASRec.contextualize_last` (ACLSRec's main and perturbed passes, its
+  per-token ``MLP_p`` applied to the packed tokens) also run the last layer's
+  attention, projection and feed-forward for the last slot only.
 
 The packed layout needs the row lengths on the host; on CUDA that would be a
 device sync per call, so ``layout: auto`` packs on CPU and keeps the padded layout
@@ -34,7 +36,7 @@ the attention kernels both layouts share are :mod:`seqcl_sasrec.attention`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -128,9 +130,13 @@ class TransformerBlock(nn.Module):
         return self._rest(x, a)
 
     def packed_last(self, x: Tensor, layout: PackedLayout) -> Tensor:
-        """Packed layout, last token of each row only: x (n, d) → (B, d), sorted rows."""
-        a = packed_last_attention(self.qkv(x), layout, self.heads, self.attn_dropout, self.training)
-        return self._rest(gather_rows(x, layout.last), a)
+        """Packed layout, last token of each row only: x (n, d) → (B, d), sorted rows.
+        Keys and values for every token, the query for the last tokens only (rows of ``qkv``)."""
+        d = x.shape[-1]
+        last = gather_rows(x, layout.last)
+        q = F.linear(last, self.qkv.weight[:d], self.qkv.bias[:d])
+        kv = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
+        return self._rest(last, packed_last_attention(q, kv, layout, self.heads, self.attn_dropout, self.training))
 
     def _rest(self, x: Tensor, a: Tensor) -> Tensor:
         """Everything after attention (per token): projection, residuals, LayerNorms, feed-forward."""
@@ -218,7 +224,21 @@ class SASRec(Encoder):
         if not self.packs(items):
             return self._embed_tokens(items, self.position_ids(items))
         layout = self.layout(items, self.ln.weight.dtype)
-        return layout.scatter(self._embed_packed(items, layout))
+        packed = self._embed_packed(items, layout)
+        dense = layout.scatter(packed)
+        version = _version(dense)
+        if version is not None:  # kept on the tensor itself: it lives exactly as long as H_in
+            dense._seqcl_packed = (version, layout, packed)  # type: ignore[attr-defined]
+        return dense
+
+    @staticmethod
+    def _pack(h_in: Tensor, layout: PackedLayout) -> Tensor:
+        """``layout.pack(h_in)``; for an unmodified H_in from :meth:`embed` of the same items (same
+        layout), its packed tokens themselves (pack ∘ scatter is the identity): no (B, W, d) gradient."""
+        kept = getattr(h_in, "_seqcl_packed", None)
+        if kept is not None and kept[0] == _version(h_in) and kept[1] is layout:
+            return kept[2]
+        return layout.pack(h_in)
 
     def attention_mask(self, items: Tensor) -> Tensor:
         """(B, T) → (B, 1, T, T) additive mask: causal, padding masked as keys."""
@@ -231,17 +251,30 @@ class SASRec(Encoder):
         if not self.packs(items):
             return self._dense(h_in, items)
         layout = self.layout(items, h_in.dtype)
-        x = layout.pack(h_in)
+        x = self._pack(h_in, layout)
         for block in self.blocks:
             x = block.packed(x, layout)
         return layout.scatter(x)
+
+    def contextualize_last(self, h_in: Tensor, items: Tensor,
+                           token_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """(B, W, d) → (B, d), the last slot; packed, ``token_map`` runs on the active tokens
+        only and the last layer for the last slot only."""
+        if not self.packs(items):
+            return super().contextualize_last(h_in, items, token_map)
+        layout = self.layout(items, h_in.dtype)
+        x = self._pack(h_in, layout)
+        return self._last_slot(x if token_map is None else token_map(x), layout)
 
     def encode(self, items: Tensor) -> Tensor:
         """(B, W) → (B, d), the last slot; packed, the last layer runs for the last slot only."""
         if not self.packs(items):
             return self._dense(self.embed(items), items)[:, -1]
         layout = self.layout(items, self.ln.weight.dtype)
-        x = self._embed_packed(items, layout)
+        return self._last_slot(self._embed_packed(items, layout), layout)
+
+    def _last_slot(self, x: Tensor, layout: PackedLayout) -> Tensor:
+        """Packed H_in (n, d) → (B, d): all blocks, the last one for each row's last token only."""
         for block in self.blocks[:-1]:
             x = block.packed(x, layout)
         return layout.unsort(self.blocks[-1].packed_last(x, layout))

@@ -202,13 +202,17 @@ def packed_attention(qkv: Tensor, layout: PackedLayout, heads: int, p: float, tr
     return layout.from_bucket_layout(torch.cat(out) if len(out) > 1 else out[0])
 
 
-def packed_last_attention(qkv: Tensor, layout: PackedLayout, heads: int, p: float, training: bool) -> Tensor:
-    """Attention output of each row's **last** token only: qkv (n, 3d) → (B, d), sorted rows."""
-    t = layout.to_buckets(qkv)
-    out = []
+def packed_last_attention(q: Tensor, kv: Tensor, layout: PackedLayout, heads: int, p: float,
+                          training: bool) -> Tensor:
+    """Attention output of each row's **last** token only: q (B, d) of the last tokens in sorted row
+    order, kv (n, 2d) of all packed tokens → (B, d), sorted rows."""
+    t = layout.to_buckets(kv)
+    out, row = [], 0
     for bk in layout.buckets:
         part = t[bk.offset:bk.offset + bk.b * bk.w]
-        q, k, v = rearrange(part, "(b w) (three h e) -> three b h w e", b=bk.b, three=3, h=heads)
-        a = attention(q[:, :, -1:], k, v, bk.mask[:, :, -1:], p, training)  # the last query row only
+        k, v = rearrange(part, "(b w) (two h e) -> two b h w e", b=bk.b, two=2, h=heads)
+        q_last = rearrange(q[row:row + bk.b], "b (h e) -> b h 1 e", h=heads)
+        a = attention(q_last, k, v, bk.mask[:, :, -1:], p, training)  # the last query row only
         out.append(rearrange(a, "b h 1 e -> b (h e)"))
+        row += bk.b
     return torch.cat(out) if len(out) > 1 else out[0]

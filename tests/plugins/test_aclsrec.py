@@ -8,6 +8,7 @@ from torch import nn
 
 from seqcl.cli import main
 from seqcl.interfaces import Batch, BuildContext
+from seqcl.training import main_pass
 from seqcl_aclsrec.augmenter import MLP, ACLSRecAugmenter, ACLSRecOptions
 from seqcl_sasrec.encoder import SASRec, SASRecOptions
 
@@ -31,7 +32,7 @@ def batch(b=6, width=T):
 
 
 class Spy(nn.Module):
-    """Counts embed/contextualize calls of a wrapped encoder."""
+    """Counts the stage calls of a wrapped encoder."""
 
     def __init__(self, enc):
         super().__init__()
@@ -45,24 +46,34 @@ class Spy(nn.Module):
         self.calls.append("contextualize")
         return self.enc.contextualize(h_in, items)
 
+    def contextualize_last(self, h_in, items, token_map=None):
+        self.calls.append("contextualize_last")
+        return self.enc.contextualize_last(h_in, items, token_map)
+
 
 @pytest.mark.parametrize("scope", ["token", "sequence"])
 def test_views_and_dataflow(scope):
+    """Embed once, Transformer twice; token scope through the last-slot passes, the views equal
+    to the plain per-slot formulas (MLPs on every slot, then the last slot read)."""
     enc, aug = build(scope)
     bt = batch()
     spy = Spy(enc)
-    h_in = spy.embed(bt.items)
-    hidden = spy.contextualize(h_in, bt.items)
+    h_in, hidden = main_pass(spy, aug, bt.items)
     views = aug(bt, spy, h_in, hidden)
-    assert spy.calls == ["embed", "contextualize", "contextualize"]  # embed once, Transformer twice
+    second = "contextualize_last" if scope == "token" else "contextualize"
+    assert spy.calls == ["embed", second, second]
+    assert hidden.shape == ((6, 1, D) if scope == "token" else (6, T, D))
     assert set(views.tensors) == {"o", "p", "pr", "op"} and views.pairs == [("o", "pr"), ("p", "op")]
     assert all(v.shape == (6, D) and torch.isfinite(v).all() for v in views.tensors.values())
     assert torch.equal(views.tensors["o"], hidden[:, -1])  # o is the main path's own output
     if scope == "token":
+        enc.layout_mode = "padded"  # the plain reference: every slot of the padded layout
         p_full = enc.contextualize(aug.mlp_p(h_in), bt.items)
+        h_full = enc.contextualize(h_in, bt.items)
+        assert torch.allclose(views.tensors["o"], h_full[:, -1], atol=1e-6)
         assert torch.allclose(views.tensors["p"], p_full[:, -1], atol=1e-6)
         assert torch.allclose(views.tensors["pr"], aug.mlp_r(p_full)[:, -1], atol=1e-6)
-        assert torch.allclose(views.tensors["op"], aug.mlp_p2(hidden)[:, -1], atol=1e-6)
+        assert torch.allclose(views.tensors["op"], aug.mlp_p2(h_full)[:, -1], atol=1e-6)
 
 
 def test_sequence_scope_widths_and_full_width():

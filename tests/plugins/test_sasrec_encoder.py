@@ -104,3 +104,29 @@ def test_attention_matches_sdpa_without_dropout_and_dropout_is_unbiased():
     assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
     assert abs(float(y.mean()) - 1.0) < 0.02
     assert torch.equal(dropout(x, 0.3, training=False), x)
+
+
+def test_dropout_is_the_uniform_draw_formula():
+    """Same draw, same values as the plain form ``x · (U ≥ p) / (1 − p)`` (the in-place mask is exact)."""
+    x = torch.randn(64, 33)
+    torch.manual_seed(5)
+    got = dropout(x, 0.4, training=True)
+    torch.manual_seed(5)
+    ref = x * (torch.rand_like(x) >= 0.4).to(x.dtype) / (1 - 0.4)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0) and bool((got == 0).any())
+
+
+def test_packed_h_in_is_reused_only_while_unmodified():
+    """contextualize(embed(x)) reuses embed's packed tokens (no (B, W, d) gradient); a copy or an
+    in-place change of H_in goes through the plain pack, and each gives its own correct result."""
+    enc = make(layout="packed")
+    items = left_padded([3, 12, 1, 7])
+    h_in = enc.embed(items)
+    reused = enc.contextualize(h_in, items)
+    plain = enc.contextualize(h_in.clone(), items)
+    assert torch.allclose(reused, plain, atol=1e-6)
+    with torch.no_grad():
+        h_in.add_(torch.randn(h_in.shape, generator=torch.Generator().manual_seed(1)))
+    changed = enc.contextualize(h_in, items)
+    assert torch.allclose(changed, enc.contextualize(h_in.clone(), items), atol=1e-6)
+    assert not torch.allclose(changed[:, -1], reused[:, -1], atol=1e-3)

@@ -1,0 +1,122 @@
+"""Where a training step's time goes, per stage and augmenter, and each augmenter's step time ÷ ``none``'s.
+
+    python benchmarks/stages.py --dataset ../shared/data/Beauty.txt --augmenters none,random,dropout,aclsrec
+
+The step of ``seqcl.training.training_step``, cut into timed stages: the main
+pass (``main_pass``, or ``encode`` for ``none``), the objective, the augmenter's
+views, the loss terms, backward, and Adam. Every arm gets the same fixed batches
+(seed 0) and its own model (same seed). Arms run **alternately**, batch by batch,
+so the load of other processes hits all of them alike; the ratio to ``none`` is
+taken per rep (median step time over the rep's batches) and its median over reps
+is reported — on a loaded machine the ratios hold where absolute times do not.
+The default clock is the thread's CPU time (``--clock cpu``; with one torch
+thread, forward, backward and Adam all run on the calling thread), which leaves
+out the time the process waits for a core; ``--clock wall`` for wall time.
+The allocator is set up as ``seqcl train`` sets it (``seqcl.memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
+
+enable_thp_env()
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, machine, markdown_table, median  # noqa: E402
+from step import Arm, Runner  # noqa: E402
+
+from seqcl.plugins import load_plugins  # noqa: E402
+from seqcl.training import main_pass  # noqa: E402
+
+STAGES = ("main pass", "objective", "views", "terms", "backward", "adam")
+
+
+def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float]:
+    """One training step (as ``training_step`` + backward + Adam), each stage timed by ``clock``."""
+    model, times = runner.model, {}
+    t = clock()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = clock()
+        times[name] = now - t
+        t = now
+
+    h_in = hidden = None
+    if model.terms:
+        h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
+        h = hidden[:, -1]
+    else:
+        h = model.encoder.encode(batch.items)
+    lap("main pass")
+    total = model.objective(model.encoder, batch, h)
+    lap("objective")
+    if model.terms:
+        views = model.augmenter(batch, model.encoder, h_in, hidden)
+        lap("views")
+        for name, term in model.terms.items():
+            total = total + model.weights[name] * term(views, batch)
+    lap("terms")
+    runner.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    lap("backward")
+    runner.optimizer.step()
+    lap("adam")
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared" / "data" / "Beauty.txt"))
+    ap.add_argument("--augmenters", default="none,random,dropout,aclsrec")
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: the thread's CPU time (needs --threads 1); wall: perf_counter")
+    args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures the calling thread only: use --threads 1 or --clock wall")
+    torch.set_num_threads(args.threads)
+    limit_heap_growth()  # the allocator settings of a real run (seqcl.training)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    plugins = load_plugins()
+    names = [a.strip() for a in args.augmenters.split(",")]
+    if names[0] != "none":
+        names = ["none", *[n for n in names if n != "none"]]
+    runners = [Runner(Arm(n, n), args.dataset, [], plugins, args.batches, args.batch_size) for n in names]
+    for r in runners:  # warm-up
+        for b in r.batches:
+            timed_step(r, b, clock)
+    per_rep: dict[str, list[list[dict[str, float]]]] = {n: [] for n in names}
+    for _ in range(args.reps):
+        rows = {n: [] for n in names}
+        for i in range(args.batches):
+            for n, r in zip(names, runners):
+                rows[n].append(timed_step(r, r.batches[i], clock))
+        for n in names:
+            per_rep[n].append(rows[n])
+    step_ms = {n: [median([sum(s.values()) for s in rep]) * 1e3 for rep in per_rep[n]] for n in names}
+    table = []
+    for n in names:
+        steps = [s for rep in per_rep[n] for s in rep]
+        stage_ms = [median([s.get(k, 0.0) for s in steps]) * 1e3 for k in STAGES]
+        ratios = [a / b for a, b in zip(step_ms[n], step_ms["none"])]
+        table.append([n, *[f"{v:.1f}" for v in stage_ms], f"{median(step_ms[n]):.1f}",
+                      f"{median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"])
+    m = machine()
+    print(f"{args.clock} clock, {args.threads} thread(s), load average {m['loadavg']}, {args.batches} batches × {args.reps} reps, "
+          f"batch {args.batch_size}; stage medians in ms")
+    print(markdown_table(["augmenter", *STAGES, "step", "÷ none (median, range over reps)"], table))
+
+
+if __name__ == "__main__":
+    main()

@@ -75,7 +75,8 @@ def _per_row_randomness(augmenter, max_len: int) -> None:
             augmenter.generators = DeviceGenerators(1000 + int(batch.sample_ids[i]))
             r = slice(i, i + 1)
             items = F.pad(batch.items[r], (max_len - batch.items.shape[1], 0))  # draws must not see the width
-            rows.append(forward(Batch(items, batch.targets[r], batch.sample_ids[r]), encoder, h_in[r], hidden[r]))
+            rows.append(forward(Batch(items, batch.targets[r], batch.sample_ids[r]), encoder,
+                                h_in[r] if h_in is not None else None, hidden[r]))
         return Views({n: torch.cat([v.tensors[n] for v in rows]) for n in rows[0].tensors}, rows[0].pairs)
 
     augmenter.forward = per_row

@@ -32,6 +32,7 @@ import yaml
 from seqcl.data.options import DataOptions
 from seqcl.errors import ConfigError
 from seqcl.registry import AugmenterInfo, Registry, declared_pairs
+from seqcl.stagespec import parse_stages
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
@@ -319,6 +320,11 @@ class Resolved:
     def terms(self) -> list[str]:
         return list(self.tree["terms"])
 
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """The run's stages (``seqcl.stagespec``); empty: one plain run."""
+        return list(self.tree.get("stages") or [])
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)
 
@@ -353,6 +359,7 @@ def resolve(
     adds = list(file_config.pop("with", None) or [])
     removes = list(file_config.pop("without", None) or [])
     explicit_terms = file_config.pop("terms", None)  # a saved config.yaml lists them
+    given_stages = file_config.pop("stages", None)  # None: the encoder's default_stages
     if explicit_terms is not None and not isinstance(explicit_terms, list):
         raise ConfigError(f"config file: terms must be a list of loss-term names, got {explicit_terms!r}")
     for key in SELECTION_KEYS:
@@ -362,6 +369,8 @@ def resolve(
     for key, value in overrides:
         if key in SELECTION_KEYS:
             selection[key] = str(value)
+        elif key == "stages":
+            given_stages = value
         elif key in ("with", "without"):
             (adds if key == "with" else removes).extend(value if isinstance(value, list) else [value])
         else:
@@ -386,6 +395,9 @@ def resolve(
         terms.remove(name)
 
     tree: dict[str, Any] = {**selection, "terms": terms}
+    stages = given_stages if given_stages is not None else list(getattr(encoder.factory, "default_stages", []))
+    if given_stages is not None or stages:  # absent from the configs of runs without stages
+        tree["stages"] = parse_stages(stages)
     for section, cls in CORE_SECTIONS.items():
         tree[section] = _defaults_of(cls)
     tree["loss"] = {}

@@ -38,6 +38,9 @@ def _train(tmp_path, small_file, encoder: str, augmenter: str = "none", objectiv
                  ("train.batch_size", 64), ("run.dir", str(tmp_path)), ("run.save_ranks", False)]
     if objective:
         overrides.append(("objective", objective))
+    stages = getattr(REGISTRY.get("encoder", encoder).factory, "default_stages", [])
+    if stages:  # an encoder that trains in stages (S3Rec): each stage for one epoch; one stage for an objective
+        overrides.append(("stages", [] if objective else [{**s, "epochs": 1} for s in stages]))
     resolved = resolve(REGISTRY, overrides=overrides, with_terms=list(with_terms))
     result = train(resolved, PLUGINS, log=lambda m: None)
     assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result.test.values())
@@ -61,9 +64,13 @@ def test_every_encoder_with_every_augmenter(tmp_path, small_file, encoder, augme
 
 @pytest.mark.parametrize("objective", REGISTRY.names("objective"))
 def test_every_objective_trains(tmp_path, small_file, objective):
-    """Each objective with an encoder that names it as its default, else with sasrec."""
-    encoders = [n for n in REGISTRY.names("encoder")
-                if getattr(REGISTRY.get("encoder", n).factory, "default_objective", "ce") == objective]
+    """Each objective with an encoder that names it as its default or in its stages, else with sasrec."""
+    def names_it(n: str) -> bool:
+        factory = REGISTRY.get("encoder", n).factory
+        return (getattr(factory, "default_objective", "ce") == objective
+                or any(s.get("objective") == objective for s in getattr(factory, "default_stages", [])))
+
+    encoders = [n for n in REGISTRY.names("encoder") if names_it(n)]
     resolved, _ = _train(tmp_path, small_file, (encoders or ["sasrec"])[0], objective=objective)
     assert resolved.objective == objective
 

@@ -452,7 +452,8 @@ def resolve(
         if opts is not None:
             tree[comp.name] = dataclasses.asdict(opts)
     check_terms(registry, resolved)
-    check_encoder(encoder, augmenter.name, resolved.augmenter_options)
+    check_encoder(encoder, augmenter.name, resolved.augmenter_options,
+                  tuple(getattr(augmenter.factory, "encoder_methods", ())))
     check_dataset(resolved.dataset)
     return resolved
 
@@ -485,8 +486,14 @@ def _lookup(tree: dict[str, Any], key: str) -> Any:
     return node
 
 
-def check_encoder(encoder: Any, augmenter: str, options: Any) -> None:
-    """An encoder may refuse an augmenter it cannot serve (``check_augmenter`` raising ConfigError)."""
+def check_encoder(encoder: Any, augmenter: str, options: Any, methods: tuple[str, ...] = ()) -> None:
+    """An encoder may refuse an augmenter it cannot serve (``check_augmenter`` raising ConfigError);
+    one that lacks an optional method the augmenter calls (``Augmenter.encoder_methods``) is refused."""
+    for name in methods:
+        method = getattr(encoder.factory, name, None)
+        if method is None or getattr(method, "optional", False):
+            raise ConfigError(f"encoder {encoder.name} cannot serve augmenter {augmenter}: "
+                              f"it has no {name}() (see seqcl.interfaces.Encoder)")
     check = getattr(encoder.factory, "check_augmenter", None)
     if callable(check):
         check(augmenter, options)

@@ -206,6 +206,22 @@ class Encoder(nn.Module, ABC):
         """(B, T) long → (B, d): the user representation at the last slot."""
         return self.contextualize(self.embed(items), items)[:, -1]
 
+    # Optional stages, for augmenters that transform the embedding before its dropout (CFIT4SRec):
+    # ``embed(items) == embedding_dropout(embed_without_dropout(items))``. An augmenter that needs them
+    # lists them in ``encoder_methods``; an encoder without them is refused when the config is resolved.
+
+    def embed_without_dropout(self, items: Tensor) -> Tensor:
+        """(B, T) long → (B, T, d): the embedding stage before its dropout."""
+        raise NotImplementedError(f"{type(self).__name__} has no embed_without_dropout")
+
+    embed_without_dropout.optional = True  # type: ignore[attr-defined]
+
+    def embedding_dropout(self, x: Tensor) -> Tensor:
+        """(B, T, d) → (B, T, d): the embedding stage's dropout."""
+        raise NotImplementedError(f"{type(self).__name__} has no embedding_dropout")
+
+    embedding_dropout.optional = True  # type: ignore[attr-defined]
+
 
 class Augmenter(nn.Module):
     """Produces named views (and the pairs to contrast) for one batch.
@@ -238,6 +254,8 @@ class Augmenter(nn.Module):
     full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)
     #: view name → shape after the batch dimension, for views that are not (B, d), e.g. (T·d,)
     view_shapes: dict[str, tuple[int, ...]] = {}
+    #: optional Encoder methods the augmenter calls (e.g. ``embed_without_dropout``), checked at resolve time
+    encoder_methods: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's

@@ -1,7 +1,8 @@
 """The whole registry, as timm tests every registered model: every encoder, augmenter, loss term and
 objective is built from its defaults and runs one training epoch and one evaluation on tiny data.
 
-Combinations an encoder refuses at resolve time (``check_augmenter``) must be refused with one line
+Combinations an encoder refuses at resolve time (``check_augmenter``, or an optional encoder method the
+augmenter needs, ``Augmenter.encoder_methods``) must be refused with one line
 (a ``ConfigError``), never fail later; every other combination must train.
 """
 
@@ -50,9 +51,12 @@ def _train(tmp_path, small_file, encoder: str, augmenter: str = "none", objectiv
 @pytest.mark.parametrize("encoder", REGISTRY.names("encoder"))
 @pytest.mark.parametrize("augmenter", REGISTRY.names("augmenter"))
 def test_every_encoder_with_every_augmenter(tmp_path, small_file, encoder, augmenter):
+    from seqcl.config import check_encoder
+
     factory = REGISTRY.get("encoder", encoder).factory
+    methods = tuple(getattr(REGISTRY.get("augmenter", augmenter).factory, "encoder_methods", ()))
     try:
-        factory.check_augmenter(augmenter, None)
+        check_encoder(REGISTRY.get("encoder", encoder), augmenter, None, methods)
     except ConfigError as exc:
         assert "\n" not in str(exc)
         with pytest.raises(ConfigError):

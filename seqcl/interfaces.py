@@ -40,9 +40,10 @@ core runs it and names no method. Each hook is optional, and the default path
 * **Lifecycle callbacks** — any component (encoder, augmenter, objective, term)
   may define any of these methods (:mod:`seqcl.lifecycle` collects them)::
 
-      def on_fit_start(self, fit: FitContext) -> None:      # once per process, before epoch 1
+      def on_fit_start(self, fit: FitContext) -> None:      # once per process, before the first epoch
           if not fit.resumed:                               # resumed: the state is in last.pt
-              self.centres.copy_(kmeans(fit.representations(), self.k))
+              pooled = torch.cat([pool(fit.encoder, b.items) for b in fit.batches()])
+              self.centres.copy_(kmeans(pooled, self.k))    # ELCRec
       def on_epoch_start(self, epoch: int) -> None: ...     # epoch counts from 1
       def after_optimizer_step(self) -> None:               # after every optimiser step
           with torch.no_grad():
@@ -70,7 +71,7 @@ core runs it and names no method. Each hook is optional, and the default path
 * **Stages** — a run may be an ordered list of stages (config key ``stages``,
   or the encoder's ``default_stages``): each stage trains with its own
   objective, epochs and settings, and hands named components to the next.
-  S3Rec::
+  S3Rec (abridged; the s3rec plugin's ``DEFAULT_STAGES``)::
 
       default_stages = [
           {"name": "pretrain", "objective": "mip", "epochs": 150,

@@ -69,7 +69,10 @@ def stage_config(registry: Any, tree: dict[str, Any], stage: dict[str, Any]) -> 
                 base.pop("loss", None)
             base[key] = str(overrides.pop(key))
     base["stages"] = []
-    return resolve(registry, base, overrides=list(overrides.items()))
+    try:
+        return resolve(registry, base, overrides=list(overrides.items()))
+    except ConfigError as exc:  # name the stage, not --set, as the source of a bad key or value
+        raise ConfigError(f"stage {stage['name']}: {str(exc).removeprefix('--set: ')}") from None
 
 
 def is_staged(path: str | Path) -> bool:

@@ -71,7 +71,7 @@ def test_bad_stages_one_line(stages, message):
 
 def test_bad_stage_key_fails_before_anything_trains(plugins, tmp_path, tiny_file):
     r = config(plugins, tmp_path, tiny_file, stages=[{"name": "a", "set": {"sasrec.colour": 1}}])
-    with pytest.raises(ConfigError, match="unknown key 'sasrec.colour'"):
+    with pytest.raises(ConfigError, match="^stage a: unknown key 'sasrec.colour'"):
         train(r, plugins, log=quiet)
     assert not list(tmp_path.iterdir())  # no run folder either
 

@@ -32,6 +32,7 @@ import yaml
 from seqcl.data.options import DataOptions
 from seqcl.errors import ConfigError, PluginError
 from seqcl.registry import AugmenterInfo, Registry, declared_pairs
+from seqcl.stagespec import parse_stages
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
@@ -332,6 +333,11 @@ class Resolved:
     def terms(self) -> list[str]:
         return list(self.tree["terms"])
 
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """The run's stages (``seqcl.stagespec``); empty: one plain run."""
+        return list(self.tree.get("stages") or [])
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)
 
@@ -368,6 +374,7 @@ def resolve(
     adds = list(file_config.pop("with", None) or [])
     removes = list(file_config.pop("without", None) or [])
     explicit_terms = file_config.pop("terms", None)  # a saved config.yaml lists them
+    given_stages = file_config.pop("stages", None)  # None: the encoder's default_stages
     if explicit_terms is not None and not isinstance(explicit_terms, list):
         raise ConfigError(f"config file: terms must be a list of loss-term names, got {explicit_terms!r}")
     for key in SELECTION_KEYS:
@@ -377,6 +384,8 @@ def resolve(
     for key, value in overrides:
         if key in SELECTION_KEYS:
             selection[key] = str(value)
+        elif key == "stages":
+            given_stages = value
         elif key in ("with", "without"):
             (adds if key == "with" else removes).extend(value if isinstance(value, list) else [value])
         else:
@@ -401,6 +410,9 @@ def resolve(
         terms.remove(name)
 
     tree: dict[str, Any] = {**selection, "terms": terms}
+    stages = given_stages if given_stages is not None else list(getattr(encoder.factory, "default_stages", []))
+    if given_stages is not None or stages:  # absent from the configs of runs without stages
+        tree["stages"] = parse_stages(stages)
     for section, cls in CORE_SECTIONS.items():
         tree[section] = _defaults_of(cls)
     tree["loss"] = {}
@@ -456,7 +468,8 @@ def resolve(
             tree[comp.name] = dataclasses.asdict(opts)
     check_terms(registry, resolved)
     check_loggers(registry, resolved.run.loggers)
-    check_encoder(encoder, augmenter.name, resolved.augmenter_options)
+    check_encoder(encoder, augmenter.name, resolved.augmenter_options,
+                  tuple(getattr(augmenter.factory, "encoder_methods", ())))
     if check_data:
         check_dataset(resolved.dataset)
     return resolved
@@ -490,8 +503,14 @@ def _lookup(tree: dict[str, Any], key: str) -> Any:
     return node
 
 
-def check_encoder(encoder: Any, augmenter: str, options: Any) -> None:
-    """An encoder may refuse an augmenter it cannot serve (``check_augmenter`` raising ConfigError)."""
+def check_encoder(encoder: Any, augmenter: str, options: Any, methods: tuple[str, ...] = ()) -> None:
+    """An encoder may refuse an augmenter it cannot serve (``check_augmenter`` raising ConfigError);
+    one that lacks an optional method the augmenter calls (``Augmenter.encoder_methods``) is refused."""
+    for name in methods:
+        method = getattr(encoder.factory, name, None)
+        if method is None or getattr(method, "optional", False):
+            raise ConfigError(f"encoder {encoder.name} cannot serve augmenter {augmenter}: "
+                              f"it has no {name}() (see seqcl.interfaces.Encoder)")
     check = getattr(encoder.factory, "check_augmenter", None)
     if callable(check):
         check(augmenter, options)

@@ -83,6 +83,11 @@ def world() -> World:
     return World()
 
 
+def launched() -> bool:
+    """Started by torchrun with more than one process (reads ``WORLD_SIZE``; no group needed)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a process not started by torchrun (reads ``RANK``; no group needed)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -95,7 +100,7 @@ def session() -> Iterator[World]:
     Outside torchrun (``WORLD_SIZE`` unset or 1), or when the caller already
     initialised a group, nothing is started or destroyed.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+    if not launched() or not dist.is_available() or dist.is_initialized():
         yield world()
         return
     if torch.cuda.is_available():

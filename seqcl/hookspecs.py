@@ -13,6 +13,14 @@ A plugin's registrations are staged and committed only if all its hooks
 succeed: an installed plugin whose hook raises, or that registers a name
 another plugin already owns, is reported in one line and skipped entirely
 (``seqcl plugins`` lists it as ``broken``); a ``--plugin`` module fails loudly.
+
+Training-loop hooks are not registration hooks: a built component takes part
+in the loop by defining methods the core looks for — lifecycle callbacks
+(``on_fit_start``, ``on_epoch_start``, ``after_optimizer_step``), an
+optimisation plan (``optim_plan``), views of declared shapes
+(``Augmenter.view_shapes``) — and an encoder may declare ``default_stages``.
+``seqcl.interfaces`` ("Training-loop hooks") documents each, with an example;
+:mod:`seqcl.lifecycle`, :mod:`seqcl.optimplan` and :mod:`seqcl.stages` run them.
 """
 
 from __future__ import annotations
@@ -94,9 +102,16 @@ def register_objectives(register: Register) -> None:
     names must be unique across all plugins.
 
     Stages: an objective that is a pre-training stage (S3Rec's masked item
-    prediction) is an ordinary objective; a run trains one objective, and a
-    later run starts from its ``best.pt`` (``train.init_from``, planned with the
-    training-loop hooks), so no stage logic lives in an objective.
+    prediction) is an ordinary objective; a run in stages (config ``stages``,
+    or the encoder's ``default_stages``) names it for one stage and hands the
+    encoder to the next (:mod:`seqcl.stages`), so no stage logic lives in an
+    objective. Example, S3Rec's two stages as a config::
+
+        encoder: s3rec
+        stages:
+          - {name: pretrain, objective: mip, epochs: 150, set: {s3rec.attention: bidirectional},
+             handoff: [encoder], handoff_from: last}
+          - {name: finetune, objective: ce}
     """
 
 

@@ -35,6 +35,57 @@ which does exactly this. A component that is not an ``nn.Module`` may define
 ``state_dict``/``load_state_dict`` itself. Derived data that can be rebuilt
 (an index of the training set) belongs in non-persistent buffers, not in
 checkpoints.
+
+Training-loop hooks
+-------------------
+Methods beyond one loss and one optimiser step declare what they need; the
+core runs it and names no method. Each hook is optional, and the default path
+(no plan, no callback) does no extra work per step.
+
+* **Lifecycle callbacks** — any component (encoder, augmenter, objective, term)
+  may define any of these methods (:mod:`seqcl.lifecycle` collects them)::
+
+      def on_fit_start(self, fit: FitContext) -> None:      # once per process, before the first epoch
+          if not fit.resumed:                               # resumed: the state is in last.pt
+              pooled = torch.cat([pool(fit.encoder, b.items) for b in fit.batches()])
+              self.centres.copy_(kmeans(pooled, self.k))    # ELCRec
+      def on_epoch_start(self, epoch: int) -> None: ...     # epoch counts from 1
+      def after_optimizer_step(self) -> None:               # after every optimiser step
+          with torch.no_grad():
+              self.centres.copy_(F.normalize(self.centres, dim=-1))
+
+* **Optimisation plan** — one component may define ``optim_plan(weights)``
+  returning an :class:`OptimPlan`: parameter groups it owns, each with its own
+  optimiser, and the steps each batch takes. Every step re-runs the forward
+  pass, then minimises its weighted loss parts and updates only its groups
+  (the others are frozen: no gradient is computed for them). ``"model"`` is
+  every parameter in no declared group. MCLRec::
+
+      def optim_plan(self, weights):
+          groups = [ParamGroup("augmenters", list(self.learners.parameters()))]
+          encoder = PlanStep(update=("model",))               # CE + Σ weight·term, as configured
+          learners = PlanStep(update=("augmenters",), weights={"cl": weights["cl"], "mcl": 1.0})
+          return OptimPlan(groups, [encoder, learners, encoder])
+
+  :mod:`seqcl.optimplan` runs it; the optimiser states are checkpointed.
+
+* **Views of any declared shape** — a view is (B, d) unless the augmenter
+  lists it in ``view_shapes`` (name → trailing shape), e.g. CFIT4SRec's
+  flattened hidden sequences ``{"low1": (T * d,), ...}``.
+
+* **Stages** — a run may be an ordered list of stages (config key ``stages``,
+  or the encoder's ``default_stages``): each stage trains with its own
+  objective, epochs and settings, and hands named components to the next.
+  S3Rec (abridged; the s3rec plugin's ``DEFAULT_STAGES``)::
+
+      default_stages = [
+          {"name": "pretrain", "objective": "mip", "epochs": 150,
+           "set": {"s3rec.attention": "bidirectional"}, "handoff": ["encoder"], "handoff_from": "last"},
+          {"name": "finetune", "objective": "ce"},
+      ]
+
+  :mod:`seqcl.stages` runs them, one run folder per stage inside the run's
+  folder; ``--resume`` continues in the stage that was interrupted.
 """
 
 from __future__ import annotations
@@ -42,7 +93,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -174,6 +225,22 @@ class Encoder(nn.Module, ABC):
         """(B, T) long → (B, d): the user representation at the last slot."""
         return self.contextualize_last(self.embed(items), items)
 
+    # Optional stages, for augmenters that transform the embedding before its dropout (CFIT4SRec):
+    # ``embed(items) == embedding_dropout(embed_without_dropout(items))``. An augmenter that needs them
+    # lists them in ``encoder_methods``; an encoder without them is refused when the config is resolved.
+
+    def embed_without_dropout(self, items: Tensor) -> Tensor:
+        """(B, T) long → (B, T, d): the embedding stage before its dropout."""
+        raise NotImplementedError(f"{type(self).__name__} has no embed_without_dropout")
+
+    embed_without_dropout.optional = True  # type: ignore[attr-defined]
+
+    def embedding_dropout(self, x: Tensor) -> Tensor:
+        """(B, T, d) → (B, T, d): the embedding stage's dropout."""
+        raise NotImplementedError(f"{type(self).__name__} has no embedding_dropout")
+
+    embedding_dropout.optional = True  # type: ignore[attr-defined]
+
 
 class Augmenter(nn.Module):
     """Produces named views (and the pairs to contrast) for one batch.
@@ -194,8 +261,9 @@ class Augmenter(nn.Module):
     terms are: ``extra_rows``, item-table rows to add after the real items
     (CL4SRec's mask token; never scored or ranked), and ``pairs``, the view
     pairs its ``Views`` will carry (so a term can reject an augmenter at build
-    time, e.g. ``align`` needs two pairs), and ``full_width`` (keep all T
-    columns in every batch instead of trimming all-padding columns).
+    time, e.g. ``align`` needs two pairs), ``full_width`` (keep all T
+    columns in every batch instead of trimming all-padding columns) and
+    ``view_shapes`` (views wider than d; see the module doc).
     """
 
     default_terms: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -207,6 +275,10 @@ class Augmenter(nn.Module):
     hidden_slots: Literal["all", "last"] = "all"
     #: whether forward reads ``h_in`` (False: the core passes None and may skip the dense H_in)
     reads_embedding: bool = True
+    #: view name → shape after the batch dimension, for views that are not (B, d), e.g. (T·d,)
+    view_shapes: dict[str, tuple[int, ...]] = {}
+    #: optional Encoder methods the augmenter calls (e.g. ``embed_without_dropout``), checked at resolve time
+    encoder_methods: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
@@ -262,3 +334,66 @@ class LossTerm(Protocol):
     needs_global_batch: bool
 
     def __call__(self, views: Views, batch: Batch) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------- training-loop hooks
+
+
+@dataclass
+class FitContext:
+    """What ``on_fit_start`` gets: the data and the encoder, before the first epoch of this process.
+
+    resumed:  True when the run continues from ``last.pt`` (state set at fit start is
+              already restored: do not redo it).
+    epoch:    the last finished epoch (0 for a new run).
+    batches:  ``batches()`` iterates the training samples once, in order, full width,
+              on ``device`` (e.g. to cluster the training set's representations).
+    """
+
+    encoder: Encoder
+    train: Any  # seqcl.data.dataset.TrainSamples
+    device: torch.device
+    resumed: bool
+    epoch: int
+    batches: Callable[[], Iterator[Batch]]
+
+    @torch.no_grad()
+    def representations(self) -> Tensor:
+        """(N, d): ``encoder.encode`` of every training sample, eval mode (no dropout)."""
+        was_training = self.encoder.training
+        self.encoder.train(False)
+        try:
+            return torch.cat([self.encoder.encode(batch.items) for batch in self.batches()])
+        finally:
+            self.encoder.train(was_training)
+
+
+@dataclass
+class ParamGroup:
+    """Parameters a component owns, with their own optimiser (Adam at ``lr``/``weight_decay``;
+    None: the run's ``train.lr``/``train.weight_decay``). ``name`` is what steps update."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass
+class PlanStep:
+    """One optimiser step of a batch: a fresh forward pass, then minimise
+    ``Σ weights[part] · part`` (parts: ``"main"`` and each active term; a part
+    not computed in this run is left out) and update the groups in ``update``
+    only. ``weights`` None: the run's own total, main + Σ weight·term."""
+
+    update: tuple[str, ...]
+    weights: dict[str, float] | None = None
+
+
+@dataclass
+class OptimPlan:
+    """Parameter groups and the per-batch sequence of steps (see the module doc).
+    The loss parts logged for a batch are those of its first step."""
+
+    groups: list[ParamGroup]
+    steps: list[PlanStep]

@@ -80,8 +80,11 @@ class RunDir:
             return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
-        """An interrupted run to resume: ``runs/<name>.incomplete`` (or ``runs/<name>``)."""
+    def open(cls, path: str | Path, checkpoint: bool = True) -> "RunDir":
+        """An interrupted run to resume: ``runs/<name>.incomplete`` (or ``runs/<name>``).
+
+        ``checkpoint`` False: a run in stages, whose checkpoints are in its stages' folders.
+        """
         path = Path(path)
         final = path.with_name(path.name.removesuffix(INCOMPLETE))
         run = cls(final)
@@ -92,7 +95,7 @@ class RunDir:
         if (run.path / FAILED).is_file():
             reason = json.loads((run.path / FAILED).read_text()).get("reason", "?")
             raise ConfigError(f"--resume {path}: the run failed ({reason}); resuming would repeat it")
-        if not (run.path / LAST).is_file():
+        if checkpoint and not (run.path / LAST).is_file():
             raise ConfigError(f"--resume {path}: no checkpoint ({LAST}) to resume from; "
                               "the run stopped before its first epoch ended")
         return run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqcl import checkpoint, distributed
+from seqcl import checkpoint, distributed, stages
 from seqcl.checkpoint import FitState
 from seqcl.config import Resolved, read_yaml, resolve
 from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
@@ -29,8 +30,10 @@ from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
 from seqcl.evaluation import EvalResult, evaluate, trivially_ranked
 from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
+from seqcl.lifecycle import Callbacks, fit_context
 from seqcl.loggers import LoggerContext, Loggers
 from seqcl.memory import limit_heap_growth
+from seqcl.optimplan import PlanRunner, adam, declared_plan
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
 from seqcl.runs import BEST, LAST, MODEL_FILE, RunDir, SilentRunDir
@@ -49,6 +52,8 @@ class Model:
     max_len: int
     augmenter_label: str = "augmenter"  # "augmenter 'crop' (plugin cl4srec)", for contract errors
     views_checked: bool = False
+    callbacks: Callbacks = field(default_factory=Callbacks)  # lifecycle callbacks (seqcl.lifecycle)
+    plan: PlanRunner | None = None  # a component's optimisation plan (seqcl.optimplan); None: one Adam step
     replica: nn.Module | None = None  # the DistributedDataParallel wrapper under torchrun (seqcl.distributed)
 
     def step(self, batch: Batch) -> "StepOutput":
@@ -95,6 +100,18 @@ class Model:
             if hasattr(c, "load_state_dict"):
                 c.load_state_dict(state[name])
 
+    def load_components(self, state: dict[str, Any], label: str) -> None:
+        """Load the named components' states only (a stage's hand-off); one-line error on a mismatch."""
+        components = self.components()
+        for name, value in state.items():
+            if name not in components:
+                raise ConfigError(f"{label}: no component {name!r} to load (components: {', '.join(components)})")
+            try:
+                components[name].load_state_dict(value)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise ConfigError(f"{label}: component {name!r} does not match ({first})") from None
+
 
 def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -> Model:
     """Augmenter first (it may ask for extra item rows), then encoder, then objective and terms.
@@ -129,7 +146,10 @@ def build_model(resolved: Resolved, registry: Registry, context: BuildContext) -
             terms[name] = registry.get("loss_term", name).factory(options, context)
             weights[name] = float(options.weight)
     label = f"augmenter {aug.name!r} (plugin {aug.plugin})"
-    return Model(encoder, augmenter, objective, terms, weights, context.num_items, context.max_len, label)
+    model = Model(encoder, augmenter, objective, terms, weights, context.num_items, context.max_len, label)
+    model.callbacks = Callbacks.of(model.components().values())
+    model.plan = declared_plan(model.components(), model.parameters(), model.weights)
+    return model
 
 
 @dataclass
@@ -137,6 +157,7 @@ class StepOutput:
     total: Tensor  # what this process backpropagates
     parts: dict[str, Tensor]  # unweighted, detached: "main" and each term (over the global batch)
     skipped: list[str] = field(default_factory=list)
+    values: dict[str, Tensor] = field(default_factory=dict)  # the same parts, attached (optimisation plans)
     loss: Tensor | None = None  # detached loss of the global batch under torchrun (equal on all ranks)
 
     def value(self) -> Tensor:
@@ -169,11 +190,13 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     main = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
     total = main if shard is None else main * shard.weight
     parts = {"main": main.detach()}
+    values = {"main": main}
     skipped = []
     if model.terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
         if not model.views_checked:
-            check_views(views, batch.size, model.encoder.hidden_size, model.augmenter_label)
+            check_views(views, batch.size, model.encoder.hidden_size, model.augmenter_label,
+                        model.augmenter.view_shapes)
             model.views_checked = True
         gathered = None
         for name, term in model.terms.items():
@@ -186,15 +209,15 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
             if getattr(term, "needs_negatives", False) and term_batch.size < 2:
                 skipped.append(name)
             value = term(term_views, term_batch)
-            parts[name] = value.detach()
+            parts[name], values[name] = value.detach(), value
             if model.weights[name] != 0.0:
                 total = total + model.weights[name] * (value * shard.weight if name in local else value)
     if shard is None:
-        return StepOutput(total, parts, skipped)
+        return StepOutput(total, parts, skipped, values)
     names = list(parts)
     mean = shard.average(torch.stack([total.detach().float()] + [
         parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
-    return StepOutput(total, dict(zip(names, mean[1:])), skipped, loss=mean[0])
+    return StepOutput(total, dict(zip(names, mean[1:])), skipped, values, loss=mean[0])
 
 
 def main_pass(encoder: Encoder, augmenter: Augmenter, items: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -212,8 +235,10 @@ def main_pass(encoder: Encoder, augmenter: Augmenter, items: Tensor) -> tuple[Te
     return h_in, encoder.contextualize(h_in, items)
 
 
-def check_views(views: Views, batch_size: int, width: int, label: str) -> None:
-    """The ``Views`` contract, checked once per run: every view is (B, d) and every pair names views.
+def check_views(views: Views, batch_size: int, width: int, label: str,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """The ``Views`` contract, checked once per run: every view is (B, d), or (B, *shape) when the
+    augmenter declares its shape in ``view_shapes``, and every pair names views.
 
     A wrong shape would otherwise train silently (a transposed (d, B) view
     broadcasts through the similarity matrices) or fail deep inside a term.
@@ -222,8 +247,11 @@ def check_views(views: Views, batch_size: int, width: int, label: str) -> None:
         raise PluginError(f"{label}: forward must return seqcl.interfaces.Views, got {type(views).__name__}")
     for name, tensor in views.tensors.items():
         shape = tuple(getattr(tensor, "shape", ()))
-        if not isinstance(tensor, Tensor) or shape != (batch_size, width):
-            raise PluginError(f"{label}: view {name!r} has shape {shape}, expected (B, d) = ({batch_size}, {width})")
+        declared = (shapes or {}).get(name)
+        expected = (batch_size, *declared) if declared is not None else (batch_size, width)
+        if not isinstance(tensor, Tensor) or shape != expected:
+            what = "declared (B, *view_shapes[name])" if declared is not None else "(B, d)"
+            raise PluginError(f"{label}: view {name!r} has shape {shape}, expected {what} = {expected}")
     for pair in views.pairs:
         missing = [n for n in pair if n not in views.tensors]
         if len(pair) != 2 or missing:
@@ -306,16 +334,11 @@ def _group_by_length(order: Tensor, samples: TrainSamples, batch_size: int, max_
 
 
 def make_optimizer(model: Model, resolved: Resolved) -> torch.optim.Optimizer:
-    """Adam over the model's parameters; the fused kernel where PyTorch has one (CPU, CUDA).
-
-    Fused Adam does the same arithmetic in one kernel per parameter (~3.5× faster
-    on CPU for SASRec's ~0.9 M parameters); results agree with the for-loop
-    implementation to float rounding (``tests/test_exactness.py``).
-    """
+    """Adam over the model's parameters (:func:`seqcl.optimplan.adam`), or the plan's optimisers."""
     t = resolved.train
-    params = model.parameters()
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+    if model.plan is not None:  # one optimiser per parameter group (seqcl.optimplan)
+        return model.plan.make_optimizer(t.lr, t.weight_decay)
+    return adam(model.parameters(), t.lr, t.weight_decay)
 
 
 def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSamples, resolved: Resolved,
@@ -350,15 +373,21 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
     for batch in batches:
         if n_batches >= total_batches:
             break
-        with autocast:
-            out = model.step(batch)
-        if not bool(torch.isfinite(out.value())):
-            raise NonFiniteLoss(_non_finite(out, n_batches + 1))
+        if model.plan is not None:  # several steps per batch (seqcl.optimplan)
+            step = n_batches + 1
+            out = model.plan.step(model, batch, optimizer, training_step, autocast,
+                                  lambda o, loss: _check_finite(o, loss, step))
+        else:
+            with autocast:
+                out = model.step(batch)
+            _check_finite(out, out.value(), n_batches + 1)
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            optimizer.step()
+            if model.callbacks.after_step:
+                model.callbacks.after_optimizer_step()
         if first is not None and not first:
             first.update({name: float(value) for name, value in out.parts.items()})
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        optimizer.step()
         for name, value in out.parts.items():
             sums[name] = sums[name] + value if name in sums else value.float()
         for name in out.skipped:
@@ -367,6 +396,12 @@ def train_epoch(model: Model, optimizer: torch.optim.Optimizer, samples: TrainSa
         if on_step is not None:
             on_step(n_batches, out)
     return sums, skipped, n_batches
+
+
+def _check_finite(out: StepOutput, loss: Tensor, step: int) -> None:
+    """Raise :class:`NonFiniteLoss` before the optimiser touches the weights (one host sync)."""
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLoss(_non_finite(out, step))
 
 
 def _non_finite(out: StepOutput, step: int) -> str:
@@ -388,6 +423,12 @@ class TrainResult:
     test: dict[str, float]
     epochs_run: int
     seconds: float
+
+    @classmethod
+    def from_summary(cls, run_dir: Path) -> "TrainResult":
+        """The result of a finished run, read back from its ``summary.json``."""
+        s = json.loads((Path(run_dir) / "summary.json").read_text())
+        return cls(Path(run_dir), s["best_epoch"], s["valid"], s["test"], s["epochs_run"], s["seconds"])
 
 
 def _set_seed(seed: int) -> torch.Generator:
@@ -418,21 +459,30 @@ def prepare(resolved: Resolved, plugins: LoadedPlugins) -> tuple[SequenceData, s
 def distribute(model: Model, seed: int) -> None:
     """Under torchrun: own random streams for ranks > 0, and ``model.step`` through a DDP replica."""
     world = distributed.world()
+    if world.size > 1 and model.plan is not None:
+        raise ConfigError("optimisation plans (several optimiser steps per batch) do not run under torchrun yet")
     if world.size > 1:
         distributed.decorrelate(model.modules(), seed, world)
         model.replica = distributed.replicate(model.modules(), lambda batch: training_step(model, batch))
 
 
-def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
+def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None] | None = None,
+          init: dict[str, Any] | None = None, init_label: str = "") -> TrainResult:
     """Train with early stopping on validation; test with the best weights; write the run dir.
 
     The run dir gets ``last.pt`` after every epoch and ``best.pt`` whenever
     validation improves, so an interrupted run continues with :func:`resume`.
+    A run with stages trains each in turn (:mod:`seqcl.stages`); ``init`` (component
+    name → state) starts the model from a previous stage's components.
     Under ``torchrun`` the ranks train one model together (``seqcl.distributed``)
     and rank 0 alone writes the run dir and logs.
     """
+    if resolved.stages:
+        if distributed.launched():
+            raise ConfigError("runs in stages do not run under torchrun yet; train each stage in one process")
+        return stages.train(resolved, plugins, log or _stderr, _SINGLE)
     with distributed.session() as world:
-        return _run(resolved, plugins, None, _rank_log(world, log), None)
+        return _run(resolved, plugins, None, _rank_log(world, log), None, init, init_label)
 
 
 def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -441,6 +491,8 @@ def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] 
     Refused (one line): a finished or failed run, a folder without a checkpoint,
     a ``config.yaml`` or data file changed since the checkpoint.
     """
+    if stages.is_staged(path):
+        return stages.resume(path, plugins, log or _stderr, _SINGLE)
     with distributed.session() as world:
         final, ckpt, tree = distributed.from_main(lambda: _read_resume(path, plugins))  # rank 0's files
         resolved = resolve(plugins.registry, tree)
@@ -478,7 +530,7 @@ def _new_run_dir(resolved: Resolved, plugins: LoadedPlugins) -> RunDir:
 
 
 def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Callable[[str], None],
-         ckpt: dict[str, Any] | None) -> TrainResult:
+         ckpt: dict[str, Any] | None, init: dict[str, Any] | None = None, init_label: str = "") -> TrainResult:
     """Set up (data, model, optimizer, or the checkpoint's state), then fit; ``run`` None: a new run dir."""
     t = resolved.train
     limit_heap_growth()  # RSS would otherwise grow over the run (seqcl.memory)
@@ -498,6 +550,8 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     samples = training_samples(data)
     valid_set, test_set = eval_set(data, "valid"), eval_set(data, "test")
     device = torch.device(t.device)
+    if init:
+        model.load_components(init, init_label or "init")
     distribute(model, t.seed)
     optimizer = make_optimizer(model, resolved)
     state = FitState()
@@ -635,9 +689,13 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
     if best_state is not None and state.best_epoch:  # a kill between best.pt and last.pt: rewrite it
         run.save(BEST, best_state)
     saved = state.epoch
+    if model.callbacks.fit_start:
+        model.callbacks.on_fit_start(fit_context(model.encoder, samples, t.batch_size, model.max_len, device,
+                                                 state.epoch))
     try:
         while not state.stopped and state.epoch < t.epochs:
             epoch = state.epoch + 1
+            model.callbacks.on_epoch_start(epoch)
             epoch_start = time.perf_counter()
             on_step = _step_logger(loggers, epoch, per_epoch) if loggers.wants_steps else None
             try:
@@ -712,6 +770,10 @@ def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int,
                       "total": float(out.total.detach())})
 
     return on_step
+
+
+#: what a run in stages uses to train each stage (seqcl.stages cannot import this module)
+_SINGLE = stages.SingleRun(train, resume, _new_run_dir, TrainResult.from_summary)
 
 
 def peak_rss_mb() -> float | None:

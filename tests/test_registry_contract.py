@@ -1,7 +1,8 @@
 """The whole registry, as timm tests every registered model: every encoder, augmenter, loss term and
 objective is built from its defaults and runs one training epoch and one evaluation on tiny data.
 
-Combinations an encoder refuses at resolve time (``check_augmenter``) must be refused with one line
+Combinations an encoder refuses at resolve time (``check_augmenter``, or an optional encoder method the
+augmenter needs, ``Augmenter.encoder_methods``) must be refused with one line
 (a ``ConfigError``), never fail later; every other combination must train.
 """
 
@@ -38,6 +39,9 @@ def _train(tmp_path, small_file, encoder: str, augmenter: str = "none", objectiv
                  ("train.batch_size", 64), ("run.dir", str(tmp_path)), ("run.save_ranks", False)]
     if objective:
         overrides.append(("objective", objective))
+    stages = getattr(REGISTRY.get("encoder", encoder).factory, "default_stages", [])
+    if stages:  # an encoder that trains in stages (S3Rec): each stage for one epoch; one stage for an objective
+        overrides.append(("stages", [] if objective else [{**s, "epochs": 1} for s in stages]))
     resolved = resolve(REGISTRY, overrides=overrides, with_terms=list(with_terms))
     result = train(resolved, PLUGINS, log=lambda m: None)
     assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result.test.values())
@@ -47,9 +51,12 @@ def _train(tmp_path, small_file, encoder: str, augmenter: str = "none", objectiv
 @pytest.mark.parametrize("encoder", REGISTRY.names("encoder"))
 @pytest.mark.parametrize("augmenter", REGISTRY.names("augmenter"))
 def test_every_encoder_with_every_augmenter(tmp_path, small_file, encoder, augmenter):
+    from seqcl.config import check_encoder
+
     factory = REGISTRY.get("encoder", encoder).factory
+    methods = tuple(getattr(REGISTRY.get("augmenter", augmenter).factory, "encoder_methods", ()))
     try:
-        factory.check_augmenter(augmenter, None)
+        check_encoder(REGISTRY.get("encoder", encoder), augmenter, None, methods)
     except ConfigError as exc:
         assert "\n" not in str(exc)
         with pytest.raises(ConfigError):
@@ -61,17 +68,39 @@ def test_every_encoder_with_every_augmenter(tmp_path, small_file, encoder, augme
 
 @pytest.mark.parametrize("objective", REGISTRY.names("objective"))
 def test_every_objective_trains(tmp_path, small_file, objective):
-    """Each objective with an encoder that names it as its default, else with sasrec."""
-    encoders = [n for n in REGISTRY.names("encoder")
-                if getattr(REGISTRY.get("encoder", n).factory, "default_objective", "ce") == objective]
+    """Each objective with an encoder that names it as its default or in its stages, else with sasrec."""
+    def names_it(n: str) -> bool:
+        factory = REGISTRY.get("encoder", n).factory
+        return (getattr(factory, "default_objective", "ce") == objective
+                or any(s.get("objective") == objective for s in getattr(factory, "default_stages", [])))
+
+    encoders = [n for n in REGISTRY.names("encoder") if names_it(n)]
     resolved, _ = _train(tmp_path, small_file, (encoders or ["sasrec"])[0], objective=objective)
     assert resolved.objective == objective
 
 
+def _host(term: str) -> str:
+    """ACLSRec (two view pairs: every generic term's requirement holds), unless the term's ``check``
+    refuses it (a method's own term, e.g. MCLRec's ``mcl``): then the augmenter that enables it by default."""
+    from seqcl.registry import AugmenterInfo
+
+    comp = REGISTRY.get("loss_term", term)
+    check = getattr(comp.factory, "check", None)
+    try:
+        if callable(check):
+            check(comp.options() if comp.options else None, AugmenterInfo("aclsrec", [("o", "pr"), ("p", "op")]))
+        return "aclsrec"
+    except ConfigError:
+        owners = [a for a in REGISTRY.names("augmenter")
+                  if term in (getattr(REGISTRY.get("augmenter", a).factory, "default_terms", {}) or {})]
+        assert owners, f"loss term {term} refuses aclsrec and no augmenter enables it"
+        return owners[0]
+
+
 @pytest.mark.parametrize("term", REGISTRY.names("loss_term"))
 def test_every_loss_term_trains(tmp_path, small_file, term):
-    """Each term added to ACLSRec's views (two pairs: every shipped term's requirement holds)."""
-    resolved, result = _train(tmp_path, small_file, "sasrec", "aclsrec", with_terms=(term,))
+    """Each term added to ACLSRec's views, or to its own augmenter's (see :func:`_host`)."""
+    resolved, result = _train(tmp_path, small_file, "sasrec", _host(term), with_terms=(term,))
     assert term in resolved.terms
     import json
 
@@ -81,9 +110,11 @@ def test_every_loss_term_trains(tmp_path, small_file, term):
 
 @pytest.mark.parametrize("term", [n for n in REGISTRY.names("loss_term")
                                   if REGISTRY.get("loss_term", n).options is not None
-                                  and "tau" in REGISTRY.get("loss_term", n).default_options()])
+                                  and "tau" in REGISTRY.get("loss_term", n).default_options()
+                                  and _host(n) == "aclsrec"])
 def test_every_term_computes_with_its_resolved_tau(term):
-    """flag → resolved config → options → factory → formula: a term that ignored its τ fails here."""
+    """flag → resolved config → options → factory → formula: a term that ignored its τ fails here.
+    (A method's own term tests its τ with its own views, e.g. ``tests/plugins/test_mclrec.py``.)"""
     import dataclasses
 
     import torch

@@ -106,12 +106,17 @@ class CL4SRecAugmenter(OwnsGenerators, Augmenter):
         raise NotImplementedError
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:
-        v1, v2 = self.augment(batch.items, self.generator(batch.items.device))
-        both = torch.cat([v1, v2])  # (2B, W): one encoder call for both views
-        if both.device.type == "cpu":  # cropped views are shorter; trimming is exact (slot positions)
-            both = trim_padding(both)
-        h1, h2 = rearrange(encoder.encode(both), "(two b) d -> two b d", two=2)
+        h1, h2 = encode_pair(encoder, *self.augment(batch.items, self.generator(batch.items.device)))
         return Views({"v1": h1, "v2": h2}, list(self.pairs))
+
+
+def encode_pair(encoder: Encoder, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+    """Two (B, W) augmented copies → their user representations, each (B, d), in one encoder call."""
+    both = torch.cat([v1, v2])  # (2B, W)
+    if both.device.type == "cpu":  # cropped views are shorter; trimming is exact (slot positions)
+        both = trim_padding(both)
+    h1, h2 = rearrange(encoder.encode(both), "(two b) d -> two b d", two=2)
+    return h1, h2
 
 
 class CropAugmenter(CL4SRecAugmenter):

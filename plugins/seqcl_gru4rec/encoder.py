@@ -148,6 +148,12 @@ class GRU4Rec(Encoder):
     def embed(self, items: Tensor) -> Tensor:
         return self.dropout(self.item_embedding(items))
 
+    def embed_without_dropout(self, items: Tensor) -> Tensor:
+        return self.item_embedding(items)
+
+    def embedding_dropout(self, x: Tensor) -> Tensor:
+        return self.dropout(x)
+
     def contextualize(self, h_in: Tensor, items: Tensor) -> Tensor:
         layout = pack_layout(items)
         out, _ = self.gru(layout.pack(layout.gather(h_in)))

@@ -220,6 +220,13 @@ class SASRec(Encoder):
         flat = items.reshape(-1)
         return self._embed_tokens(flat[layout.index], self.position_ids(items).reshape(-1)[layout.index])
 
+    def embed_without_dropout(self, items: Tensor) -> Tensor:
+        """(B, T) → LN(item + position), (B, T, d), every slot (the padded layout's values)."""
+        return self.ln(self.item_embedding(items) + self.position_embedding(self.position_ids(items)))
+
+    def embedding_dropout(self, x: Tensor) -> Tensor:
+        return self.dropout(x)
+
     def embed(self, items: Tensor) -> Tensor:
         if not self.packs(items):
             return self._embed_tokens(items, self.position_ids(items))

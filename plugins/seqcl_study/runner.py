@@ -118,11 +118,13 @@ def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, lo
     """
     from seqcl.errors import SeqclError
     from seqcl.runs import FAILED, LAST
+    from seqcl.stages import is_staged
     from seqcl.training import resume
 
     if not incomplete.exists():
         return None
-    usable = (incomplete / LAST).is_file() and not (incomplete / FAILED).is_file()
+    checkpointed = (incomplete / LAST).is_file() or is_staged(incomplete)  # a run in stages: in its stages
+    usable = checkpointed and not (incomplete / FAILED).is_file()
     if usable:
         saved = read_yaml(incomplete / "config.yaml")
         changed, _ = config_diff(hashed_items(saved), hashed_items(resolved.tree))

@@ -3,7 +3,7 @@
 Each augmenter is built through the real path (``resolve`` → ``build_model``) on
 a tiny data set with its default terms, and runs one training step on a small
 batch that includes length-1 rows, and on a batch of one: its views are (B, d)
-and finite, its pairs name existing views and match what it declared before
+(or the shape it declares in ``view_shapes``) and finite, its pairs name existing views and match what it declared before
 the terms were built, the loss backpropagates to finite gradients, and the
 batch's items are not modified.
 """
@@ -82,7 +82,8 @@ def test_augmenter_contract(name, batch_kind, tmp_path):
     for a, b in views.pairs:
         assert a in views.tensors and b in views.tensors, f"pair ({a}, {b}) names a missing view"
     for view, h in views.tensors.items():
-        assert h.shape == (batch.size, HIDDEN), f"view {view}: shape {tuple(h.shape)}"
+        shape = (batch.size, *augmenter.view_shapes.get(view, (HIDDEN,)))  # (B, d) unless declared
+        assert h.shape == shape, f"view {view}: shape {tuple(h.shape)}"
         assert torch.isfinite(h).all(), f"view {view} is not finite"
     if resolved.terms:
         assert views.pairs, "an augmenter that enables terms must give view pairs"

@@ -1,0 +1,33 @@
+"""A study worker continues a leftover run in stages (its checkpoints are in its stages' folders)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqcl.config import parse_assignment, resolve
+from seqcl.plugins import load_plugins
+from seqcl.training import train
+from seqcl_study.runner import _resume_leftover
+
+from conftest import TINY
+
+STAGES = [{"name": "pre", "objective": "bce", "epochs": 1, "handoff_from": "last"},
+          {"name": "fine", "objective": "ce", "epochs": 1}]
+
+
+def test_leftover_run_in_stages_is_resumed_not_restarted(tmp_path, tiny_file):
+    plugins = load_plugins()
+    pairs = [parse_assignment(a) for a in TINY[1::2]]
+    pairs += [("dataset", str(tiny_file)), ("run.dir", str(tmp_path)), ("run.name", "cell"), ("stages", STAGES)]
+    resolved = resolve(plugins.registry, overrides=pairs)
+
+    def stop(msg):
+        if msg.startswith("stage 2/2 fine: objective"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(resolved, plugins, log=stop)
+    lines = []
+    result = _resume_leftover(tmp_path / "cell.incomplete", resolved, plugins, lines.append)
+    assert result is not None and result.run_dir == tmp_path / "cell"
+    assert "stage 1/2 pre: finished earlier" in lines and not any("removing the leftover" in x for x in lines)

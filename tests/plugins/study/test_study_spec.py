@@ -116,15 +116,15 @@ def test_ablation_rows_are_the_papers(registry, tmp_path):
     for cell in plan.cells:
         r = resolve(registry, cell.config)
         negatives = r.objective_options.negatives if r.objective == "sampled" else 1
-        terms[(cell.variant, cell.group["objective"])] = (r.augmenter, r.terms, negatives,
-                                                          r.tree["loss"].get("cl", {}).get("sim"))
+        cl = r.tree["loss"].get("cl", {})
+        terms[(cell.variant, cell.group["objective"])] = (r.augmenter, r.terms, negatives, cl.get("sim"), cl.get("tau"))
     for main_loss in ("ce", "sampled"):
-        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "dot")
+        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "cos", 0.5)
         assert terms[("B-no-boundary", main_loss)][1] == ["cl", "align"]
         assert terms[("C-no-align", main_loss)][1] == ["cl", "boundary"]
         assert terms[("D-no-cl", main_loss)][1] == ["align", "boundary"]
         assert terms[("E-sasrec", main_loss)][:2] == ("none", [])
-        assert terms[("A-full-cos", main_loss)][3] == "cos"
+        assert terms[("A-full-spec", main_loss)][3:] == ("dot", 0.1)
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):

@@ -6,7 +6,7 @@ loss term, unweighted, as logged), against the epoch. Each run keeps one colour
 in every panel; a run that lacks a loss term simply has no line in its panel.
 Runs still training (``<name>.incomplete``) are read as they are.
 
-As for the study plots (:mod:`seqcl_study.plots`), the plotted numbers are
+As for the study plots (:mod:`seqcl_study.figure`), the plotted numbers are
 embedded as JSON in the PNG's ``Description`` text chunk, so a test (or a
 reader) can check the figure against ``metrics.jsonl`` without reading pixels.
 """
@@ -22,7 +22,7 @@ import yaml
 
 from seqcl.errors import DataError
 
-from .plots import _save
+from .figure import save_png
 
 
 @dataclass
@@ -113,4 +113,4 @@ def plot_curves(runs: list[Curves], output: str | Path, metric: str | None = Non
     output = Path(output)
     if output.parent != Path("."):
         output.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, output, data)
+    return save_png(fig, output, data)

@@ -15,12 +15,12 @@ against the table without reading pixels. Agg backend: no display needed.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .figure import save_png
 from .plan import slug
 from .results import Arm, Report, group_label
 from .stats import ks_of
@@ -69,14 +69,6 @@ def find_sweeps(report: Report) -> list[Sweep]:
     return out
 
 
-def _save(fig: Any, path: Path, data: dict[str, Any]) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Description": json.dumps(data)})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
 def _log_axis(xs: list[float]) -> bool:
     return min(xs) > 0 and max(xs) / min(xs) >= 10
 
@@ -118,7 +110,7 @@ def plot_sweep(sweep: Sweep, report: Report) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     where = f"-{slug(sweep.where)}" if sweep.where else ""
-    return _save(fig, report.study_dir / f"plot-{slug(sweep.variant)}-{slug(sweep.key)}{where}.png", data)
+    return save_png(fig, report.study_dir / f"plot-{slug(sweep.variant)}-{slug(sweep.key)}{where}.png", data)
 
 
 def plot_search(report: Report) -> list[Path]:
@@ -146,7 +138,7 @@ def plot_search(report: Report) -> list[Path]:
         ax.set_title(f"{report.name}: search over {key} ({len(arms)} trials)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        out.append(_save(fig, report.study_dir / f"plot-search-{slug(key)}.png", data))
+        out.append(save_png(fig, report.study_dir / f"plot-search-{slug(key)}.png", data))
     return out
 
 
@@ -189,7 +181,7 @@ def plot_curves(report: Report) -> Path | None:
     ax.set_title(f"{report.name}: learning curves ({style_note})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, report.study_dir / "plot-curves.png", data)
+    return save_png(fig, report.study_dir / "plot-curves.png", data)
 
 
 def make_plots(report: Report) -> list[Path]:

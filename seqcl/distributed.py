@@ -267,6 +267,21 @@ def replicate(modules: list[nn.Module], step: Callable[[Batch], Any]) -> nn.Modu
         return DistributedDataParallel(_Replica(modules, step), broadcast_buffers=False, static_graph=True)
 
 
+def sync_from_main(modules: list[nn.Module]) -> None:
+    """Copy rank 0's parameters and buffers to every rank (no-op in one process).
+
+    For state a component sets after DDP's one broadcast, e.g. in ``on_fit_start``
+    (ELCRec's k-means centres): each rank draws from its own random streams, so
+    without this the ranks would train different models.
+    """
+    if world().size == 1:
+        return
+    with torch.no_grad():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+
 def decorrelate(modules: list[nn.Module], seed: int, w: World) -> None:
     """Rank r > 0: re-seed the global stream and every component stream with ``seed + r · RANK_STRIDE``.
 

@@ -157,7 +157,8 @@ class StepOutput:
     total: Tensor  # what this process backpropagates
     parts: dict[str, Tensor]  # unweighted, detached: "main" and each term (over the global batch)
     skipped: list[str] = field(default_factory=list)
-    values: dict[str, Tensor] = field(default_factory=dict)  # the same parts, attached (optimisation plans)
+    #: the parts, attached, over this process's rows (optimisation plans)
+    values: dict[str, Tensor] = field(default_factory=dict)
     loss: Tensor | None = None  # detached loss of the global batch under torchrun (equal on all ranks)
 
     def value(self) -> Tensor:
@@ -166,7 +167,7 @@ class StepOutput:
 
 
 def training_step(model: Model, batch: Batch) -> StepOutput:
-    """One forward pass: objective + Σ weight·term. No host sync.
+    """One forward pass: objective + Σ weight·term. No host sync in one process (torchrun: shard sizes are gathered).
 
     With no loss term the augmenter never runs, so nothing reads ``H_in`` or the
     other slots of ``H``: the step asks the encoder for the last slot alone
@@ -492,6 +493,8 @@ def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] 
     a ``config.yaml`` or data file changed since the checkpoint.
     """
     if stages.is_staged(path):
+        if distributed.launched():
+            raise ConfigError("runs in stages do not run under torchrun yet; resume it in one process")
         return stages.resume(path, plugins, log or _stderr, _SINGLE)
     with distributed.session() as world:
         final, ckpt, tree = distributed.from_main(lambda: _read_resume(path, plugins))  # rank 0's files
@@ -692,6 +695,7 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
     if model.callbacks.fit_start:
         model.callbacks.on_fit_start(fit_context(model.encoder, samples, t.batch_size, model.max_len, device,
                                                  state.epoch))
+        distributed.sync_from_main(model.modules())  # ranks draw their own streams: keep rank 0's state
     try:
         while not state.stopped and state.epoch < t.epochs:
             epoch = state.epoch + 1
@@ -767,7 +771,7 @@ def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int,
     def on_step(batch: int, out: StepOutput) -> None:
         loggers.step({"step": (epoch - 1) * per_epoch + batch, "epoch": epoch,
                       "loss": {name: float(value) for name, value in out.parts.items()},
-                      "total": float(out.total.detach())})
+                      "total": float(out.value())})  # the global batch's loss under torchrun
 
     return on_step
 

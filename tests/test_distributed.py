@@ -152,6 +152,12 @@ def _worker(rank: int, world_size: int, port: int, out: str, dataset: str) -> No
         with pytest.raises(ConfigError) as error:
             training.train(pinned, plugins, log=lambda msg: None)
         results["device_error"] = str(error.value)
+        # state set after DDP's broadcast from each rank's own stream (ELCRec's k-means in on_fit_start)
+        torch.manual_seed(100 + rank)
+        late = torch.nn.Linear(3, 2)
+        results["before_sync"] = late.weight.detach().clone()
+        distributed.sync_from_main([late])
+        results["after_sync"] = late.weight.detach().clone()
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -286,3 +292,10 @@ def test_share_weights_make_the_rank_average_the_global_mean(b, n, seed):
     assert torch.equal(torch.cat(shards), ids) and max(sizes) - min(sizes) <= 1
     ranks_average = sum(distributed.Shard(r, sizes, sizes).weight * losses[s].mean() for r, s in enumerate(shards)) / n
     assert torch.isclose(ranks_average, losses.mean(), rtol=1e-12)
+
+
+def test_state_set_after_the_broadcast_is_synced_from_rank_0(two_ranks):
+    """``sync_from_main`` (run after ``on_fit_start``) leaves every rank with rank 0's parameters."""
+    r0, r1 = two_ranks
+    assert not torch.equal(r0["before_sync"], r1["before_sync"])  # the ranks did draw differently
+    assert torch.equal(r1["after_sync"], r0["before_sync"]) and torch.equal(r0["after_sync"], r0["before_sync"])

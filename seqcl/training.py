@@ -594,11 +594,13 @@ def _start_loggers(resolved: Resolved, plugins: LoadedPlugins, run: RunDir, stat
     """The loggers of ``run.loggers``; one that cannot start leaves no new run folder behind."""
     start_step = state.epoch * math.ceil(n_samples / resolved.train.batch_size)
     context = LoggerContext(run.path, run.final.name, resolved.tree, start_step, resumed)
-    try:
-        names = resolved.run.loggers if distributed.world().is_main else []  # rank 0 alone logs
-        return Loggers.start(names, plugins.registry, context, log)
+    started: list[Loggers] = []
+    try:  # rank 0 alone logs; a logger that cannot start stops every rank with its one-line error
+        distributed.from_main(lambda: started.append(Loggers.start(resolved.run.loggers, plugins.registry,
+                                                                   context, log)))
+        return started[0] if started else Loggers.start([], plugins.registry, context, log)
     except BaseException:
-        if not resumed:
+        if not resumed and distributed.world().is_main:
             shutil.rmtree(run.path, ignore_errors=True)  # nothing trained yet
         raise
 

@@ -94,6 +94,13 @@ def test_fine_tuning_starts_from_the_handed_off_weights(plugins, tmp_path, tiny_
     assert [s["name"] for s in summary["stages"]] == ["1-pre", "2-fine"]
     fine = json.loads((res.run_dir / "2-fine" / "summary.json").read_text())
     assert summary["test"] == fine["test"] == res.test
+    # the Python API opens a run in stages as its last stage's model
+    from seqcl.api import load_run
+
+    items = json.loads((res.run_dir / "2-fine" / "ids.json").read_text())["items"][:3]
+    whole, last = load_run(res.run_dir, plugins=plugins), load_run(res.run_dir / "2-fine", plugins=plugins)
+    assert whole.recommend([items], k=5) == last.recommend([items], k=5)
+    assert whole.metrics == last.metrics
 
 
 @pytest.mark.parametrize("stop", ["pre", "fine", "between"])

@@ -773,7 +773,7 @@ def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int,
     def on_step(batch: int, out: StepOutput) -> None:
         loggers.step({"step": (epoch - 1) * per_epoch + batch, "epoch": epoch,
                       "loss": {name: float(value) for name, value in out.parts.items()},
-                      "total": float(out.value())})  # the global batch's loss under torchrun
+                      "total": float(out.value().detach())})  # the global batch's loss under torchrun
 
     return on_step
 

@@ -105,6 +105,9 @@ def study() -> None:
               help="SQLAlchemy URL of the ledger (postgresql://…); default sqlite in runs/<study>/study.db.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Root of study directories.")
 @click.option("--name", help="Study name (default: the file's name:).")
+@click.option("--reuse", "reuse_dirs", multiple=True, metavar="DIR",
+              help="Another study folder (runs/<study>) whose finished runs with an identical config are copied "
+                   "instead of trained (repeatable; added to the file's reuse:).")
 @click.option("--dry-run", is_flag=True, help="Check every run's config and list the runs; train nothing.")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=30, show_default=True,
@@ -113,8 +116,8 @@ def study() -> None:
               help="Import an uninstalled module as a plugin (repeatable).")
 @click.pass_context
 def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers: int, storage: str | None,
-            runs_dir: str, name: str | None, dry_run: bool, no_report: bool, heartbeat_s: int,
-            plugin_modules: tuple[str, ...]) -> None:
+            runs_dir: str, name: str | None, reuse_dirs: tuple[str, ...], dry_run: bool, no_report: bool,
+            heartbeat_s: int, plugin_modules: tuple[str, ...]) -> None:
     """Run every run of the study FILE that is not finished yet, then write the report."""
     require_extra("study")
     from seqcl.cli import load
@@ -122,7 +125,7 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
     from .plan import build_plan
     from .spec import load_spec
 
-    spec = load_spec(file, assignments, name)
+    spec = load_spec(file, assignments, name, reuse_dirs)
     loaded = load(tuple(plugin_modules))
     plan = build_plan(spec, loaded.registry, runs_dir)
     if dry_run:
@@ -131,10 +134,12 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
                        f"variants {', '.join(spec.variants)}; space: " + ", ".join(
                            f"{k} {p.type} {list(p.choices) or [p.low, p.high]}" for k, p in spec.search.items()))
         else:
-            click.echo(f"study {spec.name}: {len(plan.trained)} runs to train ({len(plan.cells)} table cells), "
-                       "every config checked")
+            reused = sum(c.reuse is not None for c in plan.trained)
+            todo = f"{len(plan.trained) - reused} runs to train" + (f", {reused} to reuse" if reused else "")
+            click.echo(f"study {spec.name}: {todo} ({len(plan.cells)} table cells), every config checked")
             for cell in plan.cells:
                 same = f"  (same config as {cell.same_as})" if cell.same_as else ""
+                same += f"  (reused from {cell.reuse})" if cell.reuse else ""
                 click.echo(f"  {cell.run}  {cell.config_hash}{same}")
         return
     from .runner import run_study

@@ -460,8 +460,10 @@ class Ledger:
         """Done / running / failed counts of ``cells`` (grid) or of the search trials."""
         TrialState = _optuna().trial.TrialState
         trials = self.trials()
-        durations = [(t.datetime_complete - t.datetime_start).total_seconds()
-                     for t in trials if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+        # runs copied from other studies (``reused_from``) took no time here: left out of the ETA
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+                     and "reused_from" not in t.user_attrs]
         mean = sum(durations) / len(durations) if durations else None
         if cells is None:
             done = sum(t.state == TrialState.COMPLETE for t in trials)

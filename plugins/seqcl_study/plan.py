@@ -50,6 +50,8 @@ class Cell:
     #: an earlier run with the identical config (e.g. a sweep point equal to the defaults):
     #: this cell is not trained, its results are that run's
     same_as: str | None = None
+    #: a finished run of another study (``reuse:``) with this config hash: copied, not trained
+    reuse: str | None = None
 
     def describe(self) -> str:
         values = {**self.group, **self.point}
@@ -58,7 +60,7 @@ class Cell:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "variant": self.variant, "group": self.group, "point": self.point,
-                "seed": self.seed, "config_hash": self.config_hash, "same_as": self.same_as}
+                "seed": self.seed, "config_hash": self.config_hash, "same_as": self.same_as, "reuse": self.reuse}
 
 
 @dataclass
@@ -186,6 +188,9 @@ def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "run
     if spec.mode == "search":
         _probe_search(spec, registry, runs_dir, seeds[0], metric)
         return Plan(spec, study_dir, [], seeds, metric)
+    from .reuse import finished_runs  # here: reuse imports this module
+
+    reusable = finished_runs(spec.reuse)
     seen: dict[str, str] = {}
     by_hash: dict[str, str] = {}
     for seed in seeds:
@@ -201,8 +206,12 @@ def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "run
                     tree = cell_config(spec, vname, {**group, **point}, seed, runs_dir, name)
                     resolved = check_config(registry, tree, where, spec.source, metric)
                     digest = config_hash(resolved.tree)
-                    cells.append(Cell(name, vname, dict(group), dict(point), seed, tree, digest,
-                                      by_hash.get(digest)))
+                    same_as = by_hash.get(digest)
+                    source = reusable.get(digest) if same_as is None else None
+                    if source is not None and source.resolve() == (runs_dir / name).resolve():
+                        source = None  # this very run, already finished here: nothing to copy
+                    cells.append(Cell(name, vname, dict(group), dict(point), seed, tree, digest, same_as,
+                                      None if source is None else str(source)))
                     by_hash.setdefault(digest, name)
                     configs[name] = hashed_items(resolved.tree)
     return Plan(spec, study_dir, cells, seeds, metric, configs)

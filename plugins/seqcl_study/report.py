@@ -31,6 +31,7 @@ from seqcl.errors import ConfigError
 
 from .files import read_json, read_json_dict
 from .results import Arm, Report, RunResult, Table, group_label
+from .reuse import reused_from
 from .stats import compare_seeds, compare_users, ks_of, metric_names, seed_average
 
 
@@ -130,8 +131,9 @@ def build_report(study_dir: str | Path, *, split: str = "test", test: str = "tte
                 notes.append(f"{arm.label}: no significance test ({exc})")
                 continue
             arm.comparisons = compare_users(base_users, users, metrics, test, n_boot, boot_seed)
+    reused = {r.run_dir.name: origin for r in runs if (origin := reused_from(r.run_dir)) is not None}
     return Report(info["name"], info["mode"], split, info["metric"], metrics, tables, missing, test, n_boot,
-                  boot_seed, study_dir, notes)
+                  boot_seed, study_dir, notes, reused=reused)
 
 
 # -------------------------------------------------------------- rendering
@@ -245,6 +247,10 @@ def markdown(report: Report) -> str:
     if report.missing:
         shown = ", ".join(report.missing[:20]) + (f" (+{len(report.missing) - 20} more)" if len(report.missing) > 20 else "")
         lines += [f"**Missing runs ({len(report.missing)}):** {shown}", ""]
+    if report.reused:
+        shown = ", ".join(f"{run} ← {o.get('study', '?')}/{o.get('run', '?')}" for run, o in report.reused.items())
+        lines += [f"**Reused runs ({len(report.reused)}),** copied from another study with the identical config "
+                  f"instead of trained here: {shown}", ""]
     for note in report.notes:
         lines += [f"Note: {note}", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -103,6 +103,8 @@ class Report:
     study_dir: Path
     notes: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    #: run dir name → its ``reused_from.json`` (runs copied from another study, not trained in this one)
+    reused: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def group_label(group: dict[str, Any]) -> str:

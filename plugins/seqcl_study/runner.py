@@ -16,7 +16,9 @@ leaving. Whatever is still not done at the end makes ``seqcl study`` exit 1.
 A run directory that already holds ``summary.json`` with the same config (a
 worker that died between training and reporting) is reused, not retrained; a
 leftover ``<run>.incomplete`` is removed first, because the claim makes this
-worker its only owner.
+worker its only owner. A run the plan found finished in another study
+(``reuse:``, :mod:`seqcl_study.reuse`) is copied into place first and then
+taken like such a run dir.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from seqcl.atomic import atomic_write_text
 
 from .ledger import DEFAULT_HEARTBEAT_S, Heartbeat, Ledger, Progress, default_url, redact
 from .plan import Cell, Plan, config_diff, hashed_items, search_cell
+from .reuse import copy_run, reused_from
 from .files import read_yaml
 from .spec import SearchParam
 
@@ -84,6 +87,8 @@ def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOut
     resolved = resolve(plugins.registry, cell.config)
     final = plan.runs_dir / cell.run
     summary_path = final / "summary.json"
+    if cell.reuse is not None and not summary_path.is_file():
+        copy_run(Path(cell.reuse), final, log)
     if summary_path.is_file():
         saved = yaml.safe_load((final / "config.yaml").read_text())
         changed, _ = config_diff(hashed_items(saved), hashed_items(resolved.tree))
@@ -106,6 +111,9 @@ def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOut
     attrs = {"run_dir": str(final), "valid": summary["valid"], "test": summary["test"],
              "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
              "train_seconds": summary["seconds"]}
+    origin = reused_from(final)
+    if origin is not None:
+        attrs["reused_from"] = str(origin.get("source", "?"))
     return RunOutcome(float(summary["valid"][plan.metric]), attrs, reused)
 
 
@@ -218,8 +226,9 @@ def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr,
                     value, attrs = _run_trial(trial, plan, plugins, run_log)
             ledger.set_attrs(trial_id, attrs)
             ledger.finish(number, value)
-            log(f"[study {plan.spec.name}] {label} finished in {time.perf_counter() - started:.1f}s "
-                f"(valid {plan.metric} {value:.4f})")
+            how = (f"reused from {attrs['reused_from']}" if "reused_from" in attrs
+                   else f"finished in {time.perf_counter() - started:.1f}s")
+            log(f"[study {plan.spec.name}] {label} {how} (valid {plan.metric} {value:.4f})")
         except KeyboardInterrupt:
             ledger.fail(trial_id, number, "interrupted")
             raise

@@ -19,6 +19,7 @@ Layout::
     seeds: [1, 2, 3]
     baseline: sasrec                   # the row of the Improve column and of the significance tests
     metric: mrr@10                     # headline metric (Improve column, search objective)
+    reuse: [../results/beauty-search]  # other study folders whose finished runs of an identical config are copied
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import copy
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from seqcl.config import parse_assignment, read_yaml
 from seqcl.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric",
-            "references")
+            "references", "reuse")
 SEARCH_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Keys a study sets itself for every run; a study file may not set them.
@@ -100,6 +102,9 @@ class StudySpec:
     source: str = "<study>"
     #: variant → published numbers shown beside its row (e.g. the paper's Table 2): ``{"source": str, "hr@5": 0.05, …}``
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: absolute paths of other study folders (``reuse:`` then ``--reuse``) whose finished runs
+    #: with this study's config hash are copied instead of trained (:mod:`seqcl_study.reuse`)
+    reuse: list[str] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -244,11 +249,13 @@ def _check_name(value: Any, where: str, source: str) -> str:
 
 
 def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, Any]] | None = None,
-               name: str | None = None) -> StudySpec:
+               name: str | None = None, reuse: Sequence[str] = (), folder: str | Path = ".") -> StudySpec:
     """Check a study mapping and return a :class:`StudySpec`.
 
     ``overrides`` are ``--set`` pairs applied to the base; ``name`` replaces the
-    file's ``name`` (``seqcl study --name``).
+    file's ``name`` (``seqcl study --name``); ``reuse`` are ``--reuse`` folders
+    (relative to the working directory), added after the file's ``reuse:``
+    entries, which are relative to ``folder`` (the study file's directory).
     """
     if not isinstance(data, dict):
         raise _err(source, f"a study file must hold a mapping, got {type(data).__name__}")
@@ -342,8 +349,37 @@ def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, An
         raise _err(source, f"metric must look like hr@10, ndcg@5 or mrr@10, got {metric!r}")
     description = data.get("description") or ""
     references = _check_references(data.get("references"), variants, source)
+    reuse_dirs = _check_reuse(data.get("reuse"), reuse, Path(folder), source)
+    if reuse_dirs and search:
+        raise _err(source, "reuse is for grid studies (a search samples its trials as it goes)")
     return StudySpec(study_name, base_tree, variants, grid, search, trials, list(seeds), baseline, metric,
-                     str(description), source, references)
+                     str(description), source, references, reuse_dirs)
+
+
+def _check_reuse(listed: Any, flags: Sequence[str], folder: Path, source: str) -> list[str]:
+    """The absolute study folders of ``reuse:`` (relative to ``folder``) and ``--reuse`` (relative to the cwd).
+
+    Each must exist and hold ``study.json`` (what ``seqcl study`` writes first), so a
+    typo is an error, never a study that silently trains everything again.
+    """
+    if listed is None:
+        listed = []
+    if isinstance(listed, str):
+        listed = [listed]
+    if not isinstance(listed, list) or not all(isinstance(d, str) and d for d in listed):
+        raise _err(source, f"reuse must be a list of study folders, got {listed!r}")
+    out: list[str] = []
+    for where, base, dirs in (("reuse", folder, listed), ("--reuse", Path.cwd(), list(flags))):
+        for given in dirs:
+            path = (base / Path(given).expanduser()).resolve()
+            if not path.is_dir():
+                raise _err(source, f"{where}: {given}: no such folder")
+            if not (path / "study.json").is_file():
+                raise _err(source, f"{where}: {given}: not a study folder (no study.json; "
+                                   "give the folder `seqcl study --runs-dir` made, e.g. runs/<study>)")
+            if str(path) not in out:
+                out.append(str(path))
+    return out
 
 
 def _check_references(refs: Any, variants: dict[str, Variant], source: str) -> dict[str, dict[str, Any]]:
@@ -369,7 +405,9 @@ def _check_references(refs: Any, variants: dict[str, Variant], source: str) -> d
     return out
 
 
-def load_spec(path: str | Path, assignments: list[str] | tuple[str, ...] = (), name: str | None = None) -> StudySpec:
-    """Read and check a study file; ``assignments`` are ``--set KEY=VALUE`` strings for the base."""
+def load_spec(path: str | Path, assignments: list[str] | tuple[str, ...] = (), name: str | None = None,
+              reuse: Sequence[str] = ()) -> StudySpec:
+    """Read and check a study file; ``assignments`` are ``--set KEY=VALUE`` strings for the base,
+    ``reuse`` the ``--reuse`` folders."""
     data = read_yaml(path)
-    return parse_spec(data, str(path), [parse_assignment(a) for a in assignments], name)
+    return parse_spec(data, str(path), [parse_assignment(a) for a in assignments], name, reuse, Path(path).parent)

@@ -130,14 +130,25 @@ def hashed_items(tree: dict[str, Any], launch: Launch = Launch()) -> dict[str, A
     return flat
 
 
+#: hashed entries that mean something when absent: a run without ``launch.nproc_per_node`` ran in one process
+IMPLIED = {"launch.nproc_per_node": 1}
+
+
+def with_implied(items: dict[str, Any]) -> dict[str, Any]:
+    """``items`` with the :data:`IMPLIED` entries it leaves out (for diffs, never for the hash)."""
+    return {**IMPLIED, **items}
+
+
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
     """``(changed, one_sided)``: keys whose values differ, and keys only one side has.
 
     A key only one side has is an option added to (or removed from) seqcl or a
     plugin since the run was made; it is not treated as a change of the study,
     or every upgrade would invalidate every finished run. A value that differs
-    is a change.
+    is a change — including ``launch.nproc_per_node`` against a run without it
+    (:data:`IMPLIED`: that run had one process).
     """
+    old, new = with_implied(old), with_implied(new)
     changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
     one_sided = sorted(set(old) ^ set(new))
     return changed, one_sided

@@ -87,12 +87,81 @@ def test_nproc_enters_the_hash_of_torchrun_runs_only(plugins, tmp_path):
     assert cells["two"].to_dict()["nproc_per_node"] == 2
 
 
+def test_changing_nproc_under_queued_runs_is_the_study_changed_error(plugins, tmp_path):
+    """``launch.nproc_per_node`` is a change even against runs from before the launcher (no such key)."""
+    from seqcl_study.ledger import Ledger, default_url
+
+    def sync(launch):
+        spec = spec_of(variants={"a": {} if launch is None else {"launch": {"nproc_per_node": launch}}}, seeds=[1])
+        plan = build_plan(spec, plugins.registry, tmp_path)
+        plan.study_dir.mkdir(exist_ok=True)
+        ledger = Ledger(default_url(plan.study_dir), "t", [c.run for c in plan.trained])
+        with ledger.lock():
+            return ledger.sync(plan.trained, plan.configs)
+
+    assert sync(None) == 1
+    assert sync(1) == 0  # the same run: one process
+    with pytest.raises(ConfigError, match=r"run a__s1 is waiting .* another config \(launch.nproc_per_node: 1 → 2\)"):
+        sync(2)
+
+
 def test_what_torchrun_refuses_is_refused_before_training(plugins, tmp_path):
     stages = [{"name": "pre", "objective": "bce", "epochs": 1}, {"name": "fine", "objective": "ce", "epochs": 1}]
     spec = spec_of(variants={"a": {"stages": stages, "launch": {"nproc_per_node": 2}}})
     with pytest.raises(ConfigError, match="variant 'a'.*launch.nproc_per_node=2: runs in stages do not run under "
                                           "torchrun yet"):
         build_plan(spec, plugins.registry, tmp_path)
+
+
+def _leftover(plan, cell, plugins, world_size: int) -> Path:
+    """``<run>.incomplete`` as an attempt of ``world_size`` processes leaves it after one epoch (no training)."""
+    from seqcl.config import resolve
+
+    path = plan.runs_dir / f"{cell.run}.incomplete"
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(resolve(plugins.registry, cell.config).to_yaml())
+    (path / "last.pt").write_bytes(b"")
+    (path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "world_size": world_size}) + "\n")
+    return path
+
+
+def test_torchrun_run_resumes_a_leftover_of_as_many_processes_only(plugins, tmp_path, monkeypatch):
+    from seqcl_study.runner import run_cell
+
+    spec = spec_of(variants={"a": {"launch": {"nproc_per_node": 2}}}, seeds=[1], metric="mrr@10")
+    plan = build_plan(spec, plugins.registry, tmp_path)
+    (cell,) = plan.cells
+    jobs: list[tuple[int, list[str]]] = []
+    metrics = {f"{m}@{k}": 0.5 for m in ("hr", "ndcg", "mrr") for k in (5, 10)}
+
+    def fake_job(nproc, args, plugin_modules, log):  # what the job leaves: the finished run folder
+        jobs.append((nproc, list(args)))
+        final = plan.runs_dir / cell.run
+        shutil.rmtree(final.with_name(final.name + ".incomplete"), ignore_errors=True)
+        final.mkdir(parents=True)
+        (final / "summary.json").write_text(json.dumps({"valid": metrics, "test": metrics, "best_epoch": 1,
+                                                        "epochs_run": 1, "seconds": 1.0, "world_size": nproc}))
+
+    monkeypatch.setattr(launch, "train_job", fake_job)
+    lines: list[str] = []
+    leftover = _leftover(plan, cell, plugins, world_size=2)
+    outcome = run_cell(cell, plan, plugins, lines.append, ("my_plugin",))
+    assert jobs == [(2, ["--resume", str(leftover)])] and outcome.value == 0.5
+    assert json.loads((plan.runs_dir / cell.run / "cell.json").read_text())["nproc_per_node"] == 2
+
+    shutil.rmtree(plan.runs_dir / cell.run)
+    leftover = _leftover(plan, cell, plugins, world_size=1)  # another number of ranks: started afresh
+    run_cell(cell, plan, plugins, lines.append)
+    config = plan.study_dir / "launch" / f"{cell.run}.yaml"
+    assert jobs[1] == (2, ["--config", str(config)]) and f"removing the leftover {leftover}" in " ".join(lines)
+    assert read_yaml(config)["run"]["name"] == cell.run and read_yaml(config)["run"]["dir"] == str(plan.runs_dir)
+
+    # a finished run of another number of processes is not reused as this one
+    summary = plan.runs_dir / cell.run / "summary.json"
+    summary.write_text(summary.read_text().replace('"world_size": 2', '"world_size": 1'))
+    (plan.runs_dir / cell.run / "config.yaml").write_text(yaml.safe_dump(read_yaml(config)))
+    with pytest.raises(RuntimeError, match="exists from a run of 1 process"):
+        run_cell(cell, plan, plugins, lines.append)
 
 
 # ------------------------------------------------------------- the job itself

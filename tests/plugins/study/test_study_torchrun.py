@@ -87,6 +87,14 @@ def test_nproc_enters_the_hash_of_torchrun_runs_only(plugins, tmp_path):
     assert cells["two"].to_dict()["nproc_per_node"] == 2
 
 
+def test_dry_run_names_the_torchrun_runs(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", "builtin", seeds=[1], variants={
+        "local": {}, "ddp": {"launch": {"nproc_per_node": 2}}})
+    assert main(["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.endswith("(torchrun, 2 processes)") for line in lines[1:]] == [False, True]
+
+
 def test_changing_nproc_under_queued_runs_is_the_study_changed_error(plugins, tmp_path):
     """``launch.nproc_per_node`` is a change even against runs from before the launcher (no such key)."""
     from seqcl_study.ledger import Ledger, default_url

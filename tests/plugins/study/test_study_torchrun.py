@@ -85,6 +85,15 @@ def test_nproc_enters_the_hash_of_torchrun_runs_only(plugins, tmp_path):
     tree = resolve(plugins.registry, cells["plain"].config).tree
     assert cells["plain"].config_hash == config_hash(tree) and plan.configs["plain__s1"] == hashed_items(tree)
     assert cells["two"].to_dict()["nproc_per_node"] == 2
+    # a search trial's runs take their variant's launcher too
+    from seqcl_study.plan import search_cell
+
+    search = spec_of(variants={"two": {"launch": {"nproc_per_node": 2}}}, trials=1,
+                     search={"train.lr": {"type": "float", "low": 0.001, "high": 0.01}})
+    splan = build_plan(search, plugins.registry, tmp_path)
+    trial = search_cell(splan, plugins.registry, 0, "two", {"train.lr": 0.002}, 1)
+    assert trial.nproc == 2 and trial.config_hash == config_hash(resolve(plugins.registry, trial.config).tree,
+                                                                 Launch(2))
 
 
 def test_dry_run_names_the_torchrun_runs(tmp_path, capsys):

@@ -730,7 +730,8 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
             for warning in _divergence_warnings(losses, state, model.weights):
                 log(f"warning: epoch {epoch}: {warning}")
             records.append({"epoch": epoch, "loss": losses, "skipped": skipped, "valid": valid,
-                            "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3)})
+                            "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3),
+                            "world_size": distributed.world().size})
             run.write_jsonl("metrics.jsonl", records)
             if improved:
                 run.save(BEST, best_state)
@@ -760,7 +761,8 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
         "terms": resolved.terms, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "valid": valid_result.metrics, "test": test_result.metrics,
         **{name: r.metrics for name, r in protocols.items()}, "seconds": round(total, 2),
-        "seed": t.seed, "peak_rss_mb": peak_rss_mb(),
+        "seed": t.seed, "peak_rss_mb": peak_rss_mb(),  # rank 0's under torchrun
+        "world_size": distributed.world().size,  # processes that trained it (torchrun ranks; 1 without)
     }
     run.write_json("summary.json", summary)
     loggers.close("finished", summary)

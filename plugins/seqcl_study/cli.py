@@ -140,7 +140,8 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
             for cell in plan.cells:
                 same = f"  (same config as {cell.same_as})" if cell.same_as else ""
                 same += f"  (reused from {cell.reuse})" if cell.reuse else ""
-                click.echo(f"  {cell.run}  {cell.config_hash}{same}")
+                job = f"  (torchrun, {cell.nproc} processes)" if cell.nproc > 1 else ""
+                click.echo(f"  {cell.run}  {cell.config_hash}{job}{same}")
         return
     from .runner import run_study
 

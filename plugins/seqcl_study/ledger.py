@@ -47,7 +47,7 @@ from urllib.parse import unquote_plus
 
 from seqcl.errors import ConfigError
 
-from .plan import Cell, config_diff
+from .plan import Cell, config_diff, with_implied
 
 DEFAULT_HEARTBEAT_S = 30
 MAX_DEATHS = 3  # a run whose worker died this often is not retried again within one invocation
@@ -427,7 +427,7 @@ class Ledger:
         return requeued
 
     def _conflict(self, cell: Cell, trial: Any, config: dict[str, Any]) -> str:
-        old = trial.user_attrs.get("config") or {}
+        old, config = with_implied(trial.user_attrs.get("config") or {}), with_implied(config)
         keys = config_diff(old, config)[0] or sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         shown = ", ".join(f"{k}: {old.get(k)!r} → {config.get(k)!r}" for k in keys[:4]) or "unknown keys"
         more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""

@@ -8,6 +8,11 @@ study accepts exactly what a config file accepts. Any error names the variant
 (and grid point), so a typo in row (C) is found before row (A) trains for an
 hour.
 
+A run the study launches as a ``torchrun`` job (``launch: {nproc_per_node: N}``,
+N > 1) gets ``launch.nproc_per_node`` among its hashed entries: ranks > 0 draw
+their own random streams, so an N-process run is not the result of a
+one-process run with the same config (one-process runs hash as before).
+
 Run names are deterministic (``<variant>__<key>=<value>…__s<seed>``): they
 are the directory names under ``runs/<study>/runs/`` and the keys of the ledger,
 which is what lets a stopped study resume and several workers share it.
@@ -29,7 +34,7 @@ from seqcl.data.loading import is_builtin
 from seqcl.errors import ConfigError, SeqclError
 from seqcl.registry import Registry
 
-from .spec import StudySpec, merge_into
+from .spec import Launch, StudySpec, merge_into
 
 #: Config keys that do not change a run's results; left out of the config hash,
 #: so moving a study to a GPU or changing thread counts does not invalidate it.
@@ -52,6 +57,7 @@ class Cell:
     same_as: str | None = None
     #: a finished run of another study (``reuse:``) with this config hash: copied, not trained
     reuse: str | None = None
+    nproc: int = 1  # processes of its torchrun job (1: trained in the worker's process)
 
     def describe(self) -> str:
         values = {**self.group, **self.point}
@@ -60,7 +66,8 @@ class Cell:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "variant": self.variant, "group": self.group, "point": self.point,
-                "seed": self.seed, "config_hash": self.config_hash, "same_as": self.same_as, "reuse": self.reuse}
+                "seed": self.seed, "config_hash": self.config_hash, "same_as": self.same_as, "reuse": self.reuse,
+                "nproc_per_node": self.nproc}
 
 
 @dataclass
@@ -107,15 +114,31 @@ def run_name(variant: str, values: dict[str, Any], seed: int) -> str:
     return "__".join(parts)
 
 
-def config_hash(tree: dict[str, Any]) -> str:
-    """Hash of the resolved config without the keys in :data:`UNHASHED`."""
-    flat = {k: v for k, v in flatten(tree).items() if not k.startswith(UNHASHED)}
+def config_hash(tree: dict[str, Any], launch: Launch = Launch()) -> str:
+    """Hash of the resolved config without the keys in :data:`UNHASHED`, and of a torchrun launch."""
+    flat = hashed_items(tree, launch)
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def hashed_items(tree: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config entries that enter :func:`config_hash` (stored for diffs)."""
-    return {k: v for k, v in flatten(tree).items() if not k.startswith(UNHASHED)}
+def hashed_items(tree: dict[str, Any], launch: Launch = Launch()) -> dict[str, Any]:
+    """The flattened config entries that enter :func:`config_hash` (stored for diffs).
+
+    ``launch.nproc_per_node`` only for a torchrun job: a one-process run's
+    entries (and hash) are those of its config alone.
+    """
+    flat = {k: v for k, v in flatten(tree).items() if not k.startswith(UNHASHED)}
+    if launch.torchrun:
+        flat["launch.nproc_per_node"] = launch.nproc_per_node
+    return flat
+
+
+#: hashed entries that mean something when absent: a run without ``launch.nproc_per_node`` ran in one process
+IMPLIED = {"launch.nproc_per_node": 1}
+
+
+def with_implied(items: dict[str, Any]) -> dict[str, Any]:
+    """``items`` with the :data:`IMPLIED` entries it leaves out (for diffs, never for the hash)."""
+    return {**IMPLIED, **items}
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -124,8 +147,10 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], li
     A key only one side has is an option added to (or removed from) seqcl or a
     plugin since the run was made; it is not treated as a change of the study,
     or every upgrade would invalidate every finished run. A value that differs
-    is a change.
+    is a change — including ``launch.nproc_per_node`` against a run without it
+    (:data:`IMPLIED`: that run had one process).
     """
+    old, new = with_implied(old), with_implied(new)
     changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
     one_sided = sorted(set(old) ^ set(new))
     return changed, one_sided
@@ -154,13 +179,21 @@ def cell_config(spec: StudySpec, variant: str, values: dict[str, Any], seed: int
 
 
 def check_config(registry: Registry, tree: dict[str, Any], where: str, source: str,
-                 metric: str | None) -> Resolved:
+                 metric: str | None, launch: Launch = Launch()) -> Resolved:
     """Resolve one run's config; errors become ConfigError naming ``where`` (variant, point, seed)."""
     try:
         resolved = resolve(registry, tree)
     except SeqclError as exc:
         message = str(exc).removeprefix("config file: ")  # the study file is the config file here
         raise ConfigError(f"study {source}: {where}: {message}") from None
+    if launch.torchrun:  # what seqcl train refuses under torchrun, found before anything trains
+        if resolved.stages:
+            raise ConfigError(f"study {source}: {where}: launch.nproc_per_node={launch.nproc_per_node}: "
+                              "runs in stages do not run under torchrun yet")
+        if ":" in resolved.train.device:
+            raise ConfigError(f"study {source}: {where}: launch.nproc_per_node={launch.nproc_per_node}: "
+                              f"train.device={resolved.train.device}; under torchrun set "
+                              f"train.device={resolved.train.device.partition(':')[0]} (rank r uses device r)")
     dataset = resolved.dataset
     if not is_builtin(dataset) and not Path(dataset).exists():
         raise ConfigError(f"study {source}: {where}: dataset {dataset!r} not found")
@@ -204,16 +237,17 @@ def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "run
                                           f"name {name!r}; rename a variant")
                     seen[name] = where
                     tree = cell_config(spec, vname, {**group, **point}, seed, runs_dir, name)
-                    resolved = check_config(registry, tree, where, spec.source, metric)
-                    digest = config_hash(resolved.tree)
+                    launch = spec.launch_of(vname)
+                    resolved = check_config(registry, tree, where, spec.source, metric, launch)
+                    digest = config_hash(resolved.tree, launch)
                     same_as = by_hash.get(digest)
                     source = reusable.get(digest) if same_as is None else None
                     if source is not None and source.resolve() == (runs_dir / name).resolve():
                         source = None  # this very run, already finished here: nothing to copy
                     cells.append(Cell(name, vname, dict(group), dict(point), seed, tree, digest, same_as,
-                                      None if source is None else str(source)))
+                                      None if source is None else str(source), launch.nproc_per_node))
                     by_hash.setdefault(digest, name)
-                    configs[name] = hashed_items(resolved.tree)
+                    configs[name] = hashed_items(resolved.tree, launch)
     return Plan(spec, study_dir, cells, seeds, metric, configs)
 
 
@@ -226,7 +260,7 @@ def _probe_search(spec: StudySpec, registry: Registry, runs_dir: Path, seed: int
                 values = {**firsts, key: value}
                 where = f"variant {vname!r}, search {key}={format_value(value)}"
                 check_config(registry, cell_config(spec, vname, values, seed, runs_dir, "probe"), where,
-                             spec.source, metric)
+                             spec.source, metric, spec.launch_of(vname))
 
 
 def search_cell(plan: Plan, registry: Registry, number: int, variant: str, params: dict[str, Any],
@@ -235,5 +269,7 @@ def search_cell(plan: Plan, registry: Registry, number: int, variant: str, param
     name = f"trial-{number:04d}__s{seed}"
     tree = cell_config(plan.spec, variant, params, seed, plan.runs_dir, name)
     where = f"trial {number} ({variant}, {', '.join(f'{k}={format_value(v)}' for k, v in params.items())})"
-    resolved = check_config(registry, tree, where, plan.spec.source, plan.metric)
-    return Cell(name, variant, {}, dict(params), seed, tree, config_hash(resolved.tree))
+    launch = plan.spec.launch_of(variant)
+    resolved = check_config(registry, tree, where, plan.spec.source, plan.metric, launch)
+    return Cell(name, variant, {}, dict(params), seed, tree, config_hash(resolved.tree, launch),
+                nproc=launch.nproc_per_node)

@@ -6,7 +6,8 @@ takes hours. A study's ``reuse:`` folders (and ``--reuse DIR``) are searched
 when it is planned: a run there counts when it is finished — ``summary.json``
 in a final run dir (not ``<run>.incomplete``), no ``failed.json`` — and its
 saved ``config.yaml`` has the cell's :func:`~seqcl_study.plan.config_hash`
-(the UNHASHED keys such as ``train.threads`` are ignored; the seed is not).
+(the UNHASHED keys such as ``train.threads`` are ignored; the seed and a
+torchrun job's process count, its ``world_size``, are not).
 
 Planning only notes the source (``Cell.reuse``); the worker that claims the
 cell copies it (:func:`copy_run`, checkpoints included, so ``seqcl.load_run``
@@ -30,6 +31,7 @@ from seqcl.runs import FAILED, INCOMPLETE
 
 from .files import read_json, read_yaml
 from .plan import config_hash
+from .spec import Launch
 
 #: written into a copied run: ``{"source": <run dir>, "study": <its study>, "run": <its run name>}``
 REUSED_FROM = "reused_from.json"
@@ -48,8 +50,10 @@ def finished_runs(study_dirs: Iterable[str | Path]) -> dict[str, Path]:
             if run_dir.name.endswith((INCOMPLETE, _COPYING)) or (run_dir / FAILED).is_file():
                 continue
             try:
-                digest = config_hash(read_yaml(run_dir / "config.yaml"))
-            except DataError:
+                # a torchrun job's runs hash with their process count (summary.json's world_size)
+                world_size = read_json(summary).get("world_size", 1)
+                digest = config_hash(read_yaml(run_dir / "config.yaml"), Launch(int(world_size)))
+            except (DataError, AttributeError, TypeError, ValueError):
                 continue
             found.setdefault(digest, run_dir)
     return found

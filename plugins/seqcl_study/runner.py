@@ -3,7 +3,9 @@
 Each worker — this process, or one of ``--workers N`` spawned processes, on
 this machine or another one sharing ``--storage`` — loops: claim a run under
 the study lock, train it with :func:`seqcl.training.train` (``run.dir`` =
-``runs/<study>/runs``, ``run.name`` = the run's deterministic name), store the
+``runs/<study>/runs``, ``run.name`` = the run's deterministic name) — or, for a
+variant with ``launch: {nproc_per_node: N}``, as a ``torchrun`` job of N
+processes that it starts and waits for (:mod:`seqcl_study.launch`) — store the
 run dir and metrics as the trial's user attributes, report it finished. A run
 that raises is reported FAIL and the worker goes on; Ctrl-C reports the
 current run FAIL and stops. The next ``seqcl study`` call retries failed runs
@@ -15,7 +17,8 @@ leaving. Whatever is still not done at the end makes ``seqcl study`` exit 1.
 
 A run directory that already holds ``summary.json`` with the same config (a
 worker that died between training and reporting) is reused, not retrained; a
-leftover ``<run>.incomplete`` is removed first, because the claim makes this
+leftover ``<run>.incomplete`` is continued from its checkpoint (with as many
+processes as trained it) or removed first, because the claim makes this
 worker its only owner. A run the plan found finished in another study
 (``reuse:``, :mod:`seqcl_study.reuse`) is copied into place first and then
 taken like such a run dir.
@@ -80,8 +83,13 @@ class StudyOutcome:
 # ----------------------------------------------------------------- one run
 
 
-def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOutcome:
-    """Train one run into ``runs/<study>/runs/<cell.run>`` (or reuse a finished one)."""
+def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log,
+             plugin_modules: tuple[str, ...] = ()) -> RunOutcome:
+    """Train one run into ``runs/<study>/runs/<cell.run>`` (or reuse a finished one).
+
+    In this process, or as a torchrun job of ``cell.nproc`` processes
+    (:mod:`seqcl_study.launch`; ``plugin_modules`` are handed to it as ``--plugin``).
+    """
     from seqcl.training import train
 
     resolved = resolve(plugins.registry, cell.config)
@@ -96,16 +104,24 @@ def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOut
             raise RuntimeError(f"{final} exists from another config ({', '.join(changed[:4])}); "
                                "remove it to rerun")
         summary = json.loads(summary_path.read_text())
+        if summary.get("world_size", 1) != cell.nproc:
+            raise RuntimeError(f"{final} exists from a run of {summary.get('world_size', 1)} process(es), this "
+                               f"one is launched with {cell.nproc}; remove it to rerun")
         log(f"reusing finished run dir {final}")
         reused = True
     else:
-        result = _resume_leftover(final.with_name(final.name + ".incomplete"), resolved, plugins, log)
-        if result is None:
-            result = train(resolved, plugins, log=log)
-        if result.run_dir != final:
-            log(f"warning: run dir is {result.run_dir}, expected {final}")
-        summary = json.loads((result.run_dir / "summary.json").read_text())
-        final = result.run_dir
+        incomplete = final.with_name(final.name + ".incomplete")
+        if cell.nproc > 1:
+            leftover = incomplete if _usable_leftover(incomplete, resolved, cell.nproc, log) else None
+            _train_torchrun(cell, plan, resolved, leftover, plugin_modules, log)
+        else:
+            result = _resume_leftover(incomplete, resolved, plugins, log)
+            if result is None:
+                result = train(resolved, plugins, log=log)
+            if result.run_dir != final:
+                log(f"warning: run dir is {result.run_dir}, expected {final}")
+            final = result.run_dir
+        summary = json.loads((final / "summary.json").read_text())
         reused = False
     atomic_write_text(final / "cell.json", json.dumps({"study": plan.spec.name, **cell.to_dict()}, indent=2) + "\n")
     attrs = {"run_dir": str(final), "valid": summary["valid"], "test": summary["test"],
@@ -117,34 +133,73 @@ def run_cell(cell: Cell, plan: Plan, plugins: LoadedPlugins, log: Log) -> RunOut
     return RunOutcome(float(summary["valid"][plan.metric]), attrs, reused)
 
 
-def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, log: Log) -> Any:
-    """Continue an earlier attempt's run from its checkpoint; None (folder removed) if it can't be.
+def _usable_leftover(incomplete: Path, resolved: Any, nproc: int, log: Log) -> bool:
+    """Whether an earlier attempt's ``<run>.incomplete`` can be continued; if not, it is removed.
 
     The claim makes this worker the run's only owner, so the leftover is ours.
-    A run without a checkpoint, one that failed (a non-finite loss) or one from
-    another config or data is started afresh.
+    A run without a checkpoint, one that failed (a non-finite loss), one from
+    another config or data, or one trained by another number of processes (its
+    ranks' random streams would not continue) is started afresh.
     """
-    from seqcl.errors import SeqclError
     from seqcl.runs import FAILED, LAST
     from seqcl.stages import is_staged
-    from seqcl.training import resume
 
     if not incomplete.exists():
-        return None
+        return False
     checkpointed = (incomplete / LAST).is_file() or is_staged(incomplete)  # a run in stages: in its stages
     usable = checkpointed and not (incomplete / FAILED).is_file()
     if usable:
         saved = read_yaml(incomplete / "config.yaml")
         changed, _ = config_diff(hashed_items(saved), hashed_items(resolved.tree))
-        usable = not changed
-    if usable:
-        try:
-            return resume(incomplete, plugins, log=log)
-        except SeqclError as exc:
-            log(f"cannot resume {incomplete} ({exc}); starting it afresh")
-    log(f"removing the leftover {incomplete} of an earlier attempt")
+        usable = not changed and _world_size(incomplete) in (None, nproc)
+    if not usable:
+        log(f"removing the leftover {incomplete} of an earlier attempt")
+        shutil.rmtree(incomplete)
+    return usable
+
+
+def _world_size(run_dir: Path) -> int | None:
+    """The processes that trained ``run_dir``'s last recorded epoch (1 for records from before the field)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return int(json.loads(lines[-1]).get("world_size", 1)) if lines else None
+
+
+def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, log: Log) -> Any:
+    """Continue a usable leftover in this process; None (folder removed) if there is none or it can't be."""
+    from seqcl.errors import SeqclError
+    from seqcl.training import resume
+
+    if not _usable_leftover(incomplete, resolved, 1, log):
+        return None
+    try:
+        return resume(incomplete, plugins, log=log)
+    except SeqclError as exc:
+        log(f"cannot resume {incomplete} ({exc}); starting it afresh")
     shutil.rmtree(incomplete)
     return None
+
+
+def _train_torchrun(cell: Cell, plan: Plan, resolved: Any, leftover: Path | None, plugin_modules: tuple[str, ...],
+                    log: Log) -> None:
+    """Train (or resume) the run as a torchrun job of ``cell.nproc`` processes (:mod:`seqcl_study.launch`).
+
+    The job gets the run's resolved config as a file, ``run.dir``/``run.name``
+    included, so it writes exactly where an in-process run would.
+    """
+    from .launch import train_job
+
+    if leftover is not None:
+        args = ["--resume", str(leftover)]
+    else:
+        config = plan.study_dir / "launch" / f"{cell.run}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config, resolved.to_yaml())
+        args = ["--config", str(config)]
+    train_job(cell.nproc, args, plugin_modules, log)
+    if not (plan.runs_dir / cell.run / "summary.json").is_file():
+        raise RuntimeError(f"the torchrun job ended without {plan.runs_dir / cell.run / 'summary.json'} "
+                           "(its output is in the run's log)")
 
 
 def _run_log(plan: Plan, name: str) -> tuple[Log, Callable[[], None]]:
@@ -172,7 +227,8 @@ def _suggest(trial: Any, param: SearchParam) -> Any:
     return trial.suggest_categorical(param.key, list(param.choices))
 
 
-def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr, workers: int = 1) -> int:
+def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr, workers: int = 1,
+         plugin_modules: tuple[str, ...] = ()) -> int:
     """Claim and run until nothing is left; returns the number of runs (trials) that failed here.
 
     When nothing is left to claim but runs are still RUNNING elsewhere, this
@@ -220,10 +276,10 @@ def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr,
         try:
             with Heartbeat(ledger.storage, trial_id, ledger.heartbeat_s):
                 if trial is None:
-                    outcome = run_cell(by_run[label], plan, plugins, run_log)
+                    outcome = run_cell(by_run[label], plan, plugins, run_log, plugin_modules)
                     value, attrs = outcome.value, outcome.attrs
                 else:
-                    value, attrs = _run_trial(trial, plan, plugins, run_log)
+                    value, attrs = _run_trial(trial, plan, plugins, run_log, plugin_modules)
             ledger.set_attrs(trial_id, attrs)
             ledger.finish(number, value)
             how = (f"reused from {attrs['reused_from']}" if "reused_from" in attrs
@@ -245,7 +301,8 @@ def work(plan: Plan, ledger: Ledger, plugins: LoadedPlugins, log: Log = _stderr,
                 log(progress.line(plan.spec.name, workers))
 
 
-def _run_trial(trial: Any, plan: Plan, plugins: LoadedPlugins, log: Log) -> tuple[float, dict[str, Any]]:
+def _run_trial(trial: Any, plan: Plan, plugins: LoadedPlugins, log: Log,
+               plugin_modules: tuple[str, ...] = ()) -> tuple[float, dict[str, Any]]:
     """One search trial: sample its parameters, train every seed, return the mean valid metric."""
     variants = list(plan.spec.variants)
     variant = trial.suggest_categorical("variant", variants) if len(variants) > 1 else variants[0]
@@ -253,7 +310,7 @@ def _run_trial(trial: Any, plan: Plan, plugins: LoadedPlugins, log: Log) -> tupl
     values, runs, tests = [], [], []
     for seed in plan.seeds:
         cell = search_cell(plan, plugins.registry, trial.number, variant, params, seed)
-        outcome = run_cell(cell, plan, plugins, log)
+        outcome = run_cell(cell, plan, plugins, log, plugin_modules)
         values.append(outcome.value)
         runs.append(outcome.attrs["run_dir"])
         tests.append(outcome.attrs["test"])
@@ -307,7 +364,7 @@ def worker_main(job: WorkerJob) -> None:
     ledger = Ledger(job.url, job.plan.spec.name, [c.run for c in job.plan.trained] or None,
                     heartbeat_s=job.heartbeat_s)
     try:
-        failed = work(job.plan, ledger, plugins, log=_stderr, workers=2)
+        failed = work(job.plan, ledger, plugins, log=_stderr, workers=2, plugin_modules=job.plugin_modules)
     except KeyboardInterrupt:
         _stderr("interrupted")
         sys.exit(130)
@@ -458,7 +515,7 @@ def run_study(plan: Plan, plugins: LoadedPlugins, *, storage: str | None = None,
             f"ledger {redact(url)}")
     with sigterm_as_interrupt():
         if workers <= 1:
-            work(plan, ledger, plugins, log, workers=1)
+            work(plan, ledger, plugins, log, workers=1, plugin_modules=plugin_modules)
         else:
             _spawn(plan, url, workers, plugin_modules, heartbeat_s, log, poll_s)
     progress = ledger.progress(plan.trained or None, plan.spec.trials or None)

@@ -16,6 +16,7 @@ Layout::
     grid: {loss.main: [ce, sampled]}   # optional: crossed with every variant (tables per point)
     search: {loss.tau: {type: float, low: 0.05, high: 1, log: true}}   # or an Optuna search…
     trials: 20                         # …with this many trials (instead of a grid)
+    launch: {nproc_per_node: 2}        # optional: each run a torchrun job of 2 processes (also per variant)
     seeds: [1, 2, 3]
     baseline: sasrec                   # the row of the Improve column and of the significance tests
     metric: mrr@10                     # headline metric (Improve column, search objective)
@@ -37,7 +38,8 @@ from seqcl.config import parse_assignment, read_yaml
 from seqcl.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric",
-            "references", "reuse")
+            "references", "reuse", "launch")
+LAUNCH_KEYS = ("nproc_per_node",)
 SEARCH_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Keys a study sets itself for every run; a study file may not set them.
@@ -77,12 +79,29 @@ class SearchParam:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How each run is started: in the worker's own process, or as a ``torchrun`` job on this machine.
+
+    Not a config key: the launcher is the study's business (``seqcl train`` is
+    told by ``torchrun`` itself). It changes results — ranks > 0 draw their own
+    random streams — so it enters the run's config hash (:mod:`seqcl_study.plan`).
+    """
+
+    nproc_per_node: int = 1  # 1: in-process; N > 1: ``torchrun --standalone --nproc-per-node N``
+
+    @property
+    def torchrun(self) -> bool:
+        return self.nproc_per_node > 1
+
+
+@dataclass(frozen=True)
 class Variant:
     """A named set of overrides on the base config, optionally with its own grid."""
 
     name: str
     overrides: dict[str, Any]  # dotted key → value; ``with``/``without`` → list of term names
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    launch: Launch | None = None  # None: the study's top-level ``launch``
 
 
 @dataclass
@@ -105,6 +124,11 @@ class StudySpec:
     #: absolute paths of other study folders (``reuse:`` then ``--reuse``) whose finished runs
     #: with this study's config hash are copied instead of trained (:mod:`seqcl_study.reuse`)
     reuse: list[str] = field(default_factory=list)
+    launch: Launch = field(default_factory=Launch)  # every variant's, unless it sets its own
+
+    def launch_of(self, variant: str) -> Launch:
+        """The launcher of ``variant``'s runs: its own ``launch:`` or the study's."""
+        return self.variants[variant].launch or self.launch
 
     @property
     def mode(self) -> str:
@@ -114,7 +138,9 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (saved as ``study.json`` beside the runs)."""
         out = asdict(self)
-        out["variants"] = {n: {"overrides": v.overrides, "grid": v.grid} for n, v in self.variants.items()}
+        out["variants"] = {n: {"overrides": v.overrides, "grid": v.grid,
+                               "launch": None if v.launch is None else asdict(v.launch)}
+                           for n, v in self.variants.items()}
         out["search"] = {k: asdict(p) | {"choices": list(p.choices)} for k, p in self.search.items()}
         return out
 
@@ -238,6 +264,22 @@ def _check_search(search: Any, source: str) -> dict[str, SearchParam]:
     return out
 
 
+def _check_launch(launch: Any, where: str, source: str) -> Launch | None:
+    """``launch: {nproc_per_node: N}`` → :class:`Launch` (None when absent)."""
+    if launch is None:
+        return None
+    if not isinstance(launch, dict):
+        raise _err(source, f"{where} must be a mapping like {{nproc_per_node: 2}}, got {launch!r}")
+    unknown = [k for k in launch if k not in LAUNCH_KEYS]
+    if unknown:
+        raise _err(source, f"{where}: unknown key {unknown[0]!r}; launch has {', '.join(LAUNCH_KEYS)} "
+                           "(runs are single-machine torchrun jobs)")
+    nproc = launch.get("nproc_per_node", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise _err(source, f"{where}.nproc_per_node must be an integer >= 1, got {nproc!r}")
+    return Launch(nproc)
+
+
 def _check_name(value: Any, where: str, source: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise _err(source, f"{where} must be a name of letters, digits and _ . + - (starting with a letter "
@@ -290,14 +332,17 @@ def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, An
             raise _err(source, f"variant {vname!r} must be a mapping of overrides, got {type(body).__name__}")
         body = dict(body)
         vgrid = _check_grid(body.pop("grid", None), f"variant {vname!r}: grid", source)
+        vlaunch = _check_launch(body.pop("launch", None), f"variant {vname!r}: launch", source)
         flat = flatten_overrides(body, f"variant {vname!r}", source)
         for key in RESERVED:
             if key in flat:
                 raise _err(source, f"variant {vname!r}: {key} is set by the study itself")
+        if any(key.startswith("launch.") for key in flat):
+            raise _err(source, f"variant {vname!r}: write launch: {{nproc_per_node: N}} (a mapping, not a dotted key)")
         clash = sorted(set(flat) & set(vgrid))
         if clash:
             raise _err(source, f"variant {vname!r} sets {clash[0]} and its grid sweeps it; keep one")
-        variants[vname] = Variant(vname, flat, vgrid)
+        variants[vname] = Variant(vname, flat, vgrid, vlaunch)
 
     grid = _check_grid(data.get("grid"), "grid", source)
     for v in variants.values():
@@ -352,8 +397,9 @@ def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, An
     reuse_dirs = _check_reuse(data.get("reuse"), reuse, Path(folder), source)
     if reuse_dirs and search:
         raise _err(source, "reuse is for grid studies (a search samples its trials as it goes)")
+    launch = _check_launch(data.get("launch"), "launch", source) or Launch()
     return StudySpec(study_name, base_tree, variants, grid, search, trials, list(seeds), baseline, metric,
-                     str(description), source, references, reuse_dirs)
+                     str(description), source, references, reuse_dirs, launch)
 
 
 def _check_reuse(listed: Any, flags: Sequence[str], folder: Path, source: str) -> list[str]:

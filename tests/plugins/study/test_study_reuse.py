@@ -13,7 +13,7 @@ from seqcl.cli import main
 from seqcl.errors import ConfigError
 from seqcl_study.plan import config_hash
 from seqcl_study.reuse import finished_runs
-from seqcl_study.spec import load_spec, parse_spec
+from seqcl_study.spec import Launch, load_spec, parse_spec
 
 from study_helpers import ledger_trials, write_spec
 
@@ -82,14 +82,23 @@ def test_identical_run_of_another_study_is_copied_not_trained(tmp_path, tiny_fil
     assert train_calls == ["none__s1", "none__s2", "plain__s3"]
 
 
-def fake_run(study_dir, name, config, summary=True):
+def fake_run(study_dir, name, config, summary=True, world_size=None):
     """A run dir with just what finished_runs reads."""
     run = study_dir / "runs" / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     if summary:
-        (run / "summary.json").write_text("{}")
+        (run / "summary.json").write_text(json.dumps({} if world_size is None else {"world_size": world_size}))
     return run
+
+
+def test_a_torchrun_run_is_reused_only_by_a_cell_with_its_process_count(tmp_path):
+    config = {"dataset": "builtin", "train": {"seed": 1, "lr": 0.001}}
+    study = tmp_path / "s"
+    two = fake_run(study, "two", config, world_size=2)
+    found = finished_runs([study])
+    assert config_hash(config) not in found  # a one-process cell must not get a 2-rank run's results
+    assert found == {config_hash(config, Launch(2)): two}
 
 
 def test_only_finished_runs_count_and_unhashed_keys_are_ignored(tmp_path):

@@ -10,7 +10,7 @@ ranks (``seqcl.distributed``; the same **global** batch, so both sides do the
 same work per step and samples/s compare directly). The two arms alternate and
 the result is the median of each arm and the median of the per-repetition ratios,
 with the load average before every launch (other jobs on the machine skew
-single runs). Writes ``benchmarks/results/<date>-<host>-ddp.json`` and prints a
+single runs). Writes ``benchmarks/results/<date>-<host>-ddp-<augmenter>.json`` and prints a
 Markdown table. On CUDA (``--device cuda``) the one-rank arm uses one GPU and
 the N-rank arm N GPUs (NCCL).
 """
@@ -78,7 +78,7 @@ def main() -> None:
            "args": vars(args), "samples_per_s_median": summary, "ratio_median": median(ratios), "reps": reps}
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    path = results / f"{dt.date.today()}-{out['machine']['host']}-ddp.json"
+    path = results / f"{dt.date.today()}-{out['machine']['host']}-ddp-{args.augmenter}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     rows = [[name, f"{arms[name][0]} × {arms[name][1]}", summary[name]] for name in arms]
     print(markdown_table(["arm", "ranks × threads", "samples/s (median)"], rows))

@@ -1,6 +1,7 @@
 """Where a training step's time goes, per stage and augmenter, and each augmenter's step time ÷ ``none``'s.
 
     python benchmarks/stages.py --dataset ../shared/data/Beauty.txt --augmenters none,random,dropout,aclsrec
+    python benchmarks/stages.py --dataset ../shared/data/Beauty.txt --augmenters none,cfit4srec,mclrec,elcrec
 
 The step of ``seqcl.training.training_step``, cut into timed stages: the main
 pass (``main_pass``, or ``encode`` for ``none``), the objective, the augmenter's
@@ -13,6 +14,14 @@ The default clock is the thread's CPU time (``--clock cpu``; with one torch
 thread, forward, backward and Adam all run on the calling thread), which leaves
 out the time the process waits for a core; ``--clock wall`` for wall time.
 The allocator is set up as ``seqcl train`` sets it (``seqcl.memory``).
+
+An augmenter with an optimisation plan (MCLRec: three optimiser steps per batch)
+runs its whole plan per batch (``seqcl.optimplan``): its forward passes are timed
+stage by stage and summed over the plan's steps, and "backward" is then the
+rest of the batch (every backward pass and optimiser step of the plan). The
+``after_optimizer_step`` callbacks run after each step, as in training (timed
+with Adam). Centres that a component sets at fit start (ELCRec's k-means) are
+drawn at random instead (unit rows): the step's cost does not depend on them.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
@@ -33,20 +43,19 @@ from common import HERE, machine, markdown_table, median  # noqa: E402
 from step import Arm, Runner  # noqa: E402
 
 from seqcl.plugins import load_plugins  # noqa: E402
-from seqcl.training import main_pass  # noqa: E402
+from seqcl.training import StepOutput, main_pass  # noqa: E402
 
 STAGES = ("main pass", "objective", "views", "terms", "backward", "adam")
 
 
-def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float]:
-    """One training step (as ``training_step`` + backward + Adam), each stage timed by ``clock``."""
-    model, times = runner.model, {}
+def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time) -> StepOutput:
+    """``training_step`` (one process), each stage's time added to ``times``."""
     t = clock()
 
     def lap(name: str) -> None:
         nonlocal t
         now = clock()
-        times[name] = now - t
+        times[name] = times.get(name, 0.0) + now - t
         t = now
 
     h_in = hidden = None
@@ -56,20 +65,49 @@ def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float
     else:
         h = model.encoder.encode(batch.items)
     lap("main pass")
-    total = model.objective(model.encoder, batch, h)
+    main = model.objective(model.encoder, batch, h)
+    total, values = main, {"main": main}
     lap("objective")
     if model.terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
         lap("views")
         for name, term in model.terms.items():
-            total = total + model.weights[name] * term(views, batch)
+            values[name] = term(views, batch)
+            if model.weights[name] != 0.0:
+                total = total + model.weights[name] * values[name]
     lap("terms")
+    return StepOutput(total, {}, [], values)
+
+
+def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float]:
+    """One training step (as ``training_step`` + backward + Adam, or the model's whole optimisation
+    plan), each stage timed by ``clock``."""
+    model, times = runner.model, {}
+    if model.plan is not None:
+        t0 = clock()
+        model.plan.step(model, batch, runner.optimizer, lambda m, b: timed_forward(m, b, times, clock),
+                        nullcontext(), lambda out, loss: None)
+        times["backward"] = clock() - t0 - sum(times.values())  # every backward and optimiser step of the plan
+        return times
+    out = timed_forward(model, batch, times, clock)
+    t = clock()
     runner.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    lap("backward")
+    out.total.backward()
+    times["backward"] = clock() - t
+    t = clock()
     runner.optimizer.step()
-    lap("adam")
+    model.callbacks.after_optimizer_step()
+    times["adam"] = clock() - t
     return times
+
+
+def random_fit_state(runner: Runner) -> None:
+    """Stand-in for state set at fit start (ELCRec's k-means centres): unit rows at random."""
+    centres = getattr(runner.model.augmenter, "centres", None)
+    if centres is not None:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            centres.copy_(torch.nn.functional.normalize(torch.randn(centres.shape, generator=gen), dim=-1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if names[0] != "none":
         names = ["none", *[n for n in names if n != "none"]]
     runners = [Runner(Arm(n, n), args.dataset, [], plugins, args.batches, args.batch_size) for n in names]
+    for r in runners:
+        random_fit_state(r)
     for r in runners:  # warm-up
         for b in r.batches:
             timed_step(r, b, clock)

@@ -241,6 +241,15 @@ class Encoder(nn.Module, ABC):
 
     embedding_dropout.optional = True  # type: ignore[attr-defined]
 
+    def contextualize_padded(self, h_in: Tensor, items: Tensor) -> Tensor:
+        """H_in (B, T, d) → H (B, T, d) at every slot, leading padding slots included, with the values
+        of the plain padded computation (a padding slot's query has no allowed key). For views that read
+        the padding slots of their own pass (CFIT4SRec's filtered embeddings are non-zero there), while
+        the core's main pass keeps the encoder's shortcuts (``full_width`` would turn them off for all)."""
+        raise NotImplementedError(f"{type(self).__name__} has no contextualize_padded")
+
+    contextualize_padded.optional = True  # type: ignore[attr-defined]
+
 
 class Augmenter(nn.Module):
     """Produces named views (and the pairs to contrast) for one batch.

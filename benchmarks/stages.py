@@ -104,7 +104,7 @@ def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float
 def random_fit_state(runner: Runner) -> None:
     """Stand-in for state set at fit start (ELCRec's k-means centres): unit rows at random."""
     centres = getattr(runner.model.augmenter, "centres", None)
-    if centres is not None:
+    if isinstance(centres, torch.Tensor):
         with torch.no_grad():
             gen = torch.Generator().manual_seed(0)
             centres.copy_(torch.nn.functional.normalize(torch.randn(centres.shape, generator=gen), dim=-1))

@@ -79,19 +79,19 @@ class CFIT4SRecAugmenter(OwnsGenerators, Augmenter):
         self.view_shapes = {name: (t * d,) for pair in self.pairs for name in pair}
         self.generators = DeviceGenerators(int(ctx.seed) + SEED_OFFSET)
 
-    def centres(self, device: torch.device) -> Tensor:
+    def band_centres(self, device: torch.device) -> Tensor:
         """(2,) the two band-stop views' centres, drawn afresh from the augmenter's stream."""
         return torch.randint(len(self.bands), (2,), generator=self.generator(device), device=device)
 
     def masks(self, device: torch.device) -> Tensor:
         """(6, T, d) on the centred spectrum: low, low, high, high, band(c1), band(c2), centres drawn afresh."""
-        c = self.centres(device)
+        c = self.band_centres(device)
         return torch.stack([self.low, self.low, self.high, self.high, self.bands[c[0]], self.bands[c[1]]])
 
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor) -> Views:
         items = F.pad(batch.items, (self.max_len - batch.items.shape[1], 0))  # (B, T): trimmed columns back
         x = encoder.embed_without_dropout(items)  # (B, T, d)
-        c = self.centres(x.device)
+        c = self.band_centres(x.device)
         four = filters.filter_unshifted(x, torch.cat([self.low_high_u, self.bands_u[c]]))  # (4, B, T, d)
         six = four[torch.tensor([0, 0, 1, 1, 2, 3], device=x.device)]  # low, low, high, high, band1, band2
         flat = rearrange(six, "v b t d -> (v b) t d")

@@ -48,8 +48,8 @@ from seqcl.training import StepOutput, main_pass  # noqa: E402
 STAGES = ("main pass", "objective", "views", "terms", "backward", "adam")
 
 
-def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time) -> StepOutput:
-    """``training_step`` (one process), each stage's time added to ``times``."""
+def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time, parts=None) -> StepOutput:
+    """``training_step`` (one process, the ``parts`` a plan step asks for), each stage's time added to ``times``."""
     t = clock()
 
     def lap(name: str) -> None:
@@ -58,23 +58,27 @@ def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time)
         times[name] = times.get(name, 0.0) + now - t
         t = now
 
-    h_in = hidden = None
-    if model.terms:
+    terms = {n: term for n, term in model.terms.items() if parts is None or n in parts}
+    wants_main = parts is None or "main" in parts
+    h_in = hidden = h = None
+    if terms and model.augmenter.hidden_slots != "none":
         h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
         h = hidden[:, -1]
-    else:
+    elif wants_main:
         h = model.encoder.encode(batch.items)
     lap("main pass")
-    main = model.objective(model.encoder, batch, h)
-    total, values = main, {"main": main}
+    total, values = None, {}
+    if wants_main:
+        total = values["main"] = model.objective(model.encoder, batch, h)
     lap("objective")
-    if model.terms:
+    if terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
         lap("views")
-        for name, term in model.terms.items():
+        for name, term in terms.items():
             values[name] = term(views, batch)
             if model.weights[name] != 0.0:
-                total = total + model.weights[name] * values[name]
+                weighted = model.weights[name] * values[name]
+                total = weighted if total is None else total + weighted
     lap("terms")
     return StepOutput(total, {}, [], values)
 
@@ -85,7 +89,7 @@ def timed_step(runner: Runner, batch, clock=time.thread_time) -> dict[str, float
     model, times = runner.model, {}
     if model.plan is not None:
         t0 = clock()
-        model.plan.step(model, batch, runner.optimizer, lambda m, b: timed_forward(m, b, times, clock),
+        model.plan.step(model, batch, runner.optimizer, lambda m, b, parts: timed_forward(m, b, times, clock, parts),
                         nullcontext(), lambda out, loss: None)
         times["backward"] = clock() - t0 - sum(times.values())  # every backward and optimiser step of the plan
         return times

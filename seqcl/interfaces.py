@@ -280,8 +280,10 @@ class Augmenter(nn.Module):
     extra_rows: int = 0
     pairs: list[tuple[str, str]] = []
     full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)
-    #: which slots of ``hidden`` forward reads: "all", or "last" (the core then passes H[:, -1:], (B, 1, d))
-    hidden_slots: Literal["all", "last"] = "all"
+    #: which slots of ``hidden`` forward reads: "all", "last" (the core then passes H[:, -1:], (B, 1, d)),
+    #: or "none" (forward reads neither ``hidden`` nor ``h_in``: both None; the core runs its main pass
+    #: for the objective only, so a plan step that does not minimise it skips it — MCLRec's learner step)
+    hidden_slots: Literal["all", "last", "none"] = "all"
     #: whether forward reads ``h_in`` (False: the core passes None and may skip the dense H_in)
     reads_embedding: bool = True
     #: view name → shape after the batch dimension, for views that are not (B, d), e.g. (T·d,)
@@ -292,7 +294,8 @@ class Augmenter(nn.Module):
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
         embedding output and Transformer output; the main representation is ``hidden[:, -1]``.
-        With ``hidden_slots = "last"``, ``hidden`` is (B, 1, d); without ``reads_embedding``, ``h_in`` is None."""
+        With ``hidden_slots = "last"``, ``hidden`` is (B, 1, d); without ``reads_embedding``, ``h_in`` is None;
+        with ``hidden_slots = "none"`` both are None."""
         return Views()
 
 
@@ -393,7 +396,8 @@ class PlanStep:
     """One optimiser step of a batch: a fresh forward pass, then minimise
     ``Σ weights[part] · part`` (parts: ``"main"`` and each active term; a part
     not computed in this run is left out) and update the groups in ``update``
-    only. ``weights`` None: the run's own total, main + Σ weight·term."""
+    only. ``weights`` None: the run's own total, main + Σ weight·term. With
+    ``weights``, the forward pass computes only the parts of non-zero weight."""
 
     update: tuple[str, ...]
     weights: dict[str, float] | None = None

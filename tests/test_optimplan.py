@@ -83,14 +83,14 @@ def test_each_step_updates_its_groups_only(plugins, tmp_path, tiny_file):
                                  torch.device("cpu")))
     states, forwards = [_params(model)], []
 
-    def forward(m, b):
-        forwards.append(1)
-        return training_step(m, b)
+    def forward(m, b, parts=None):
+        forwards.append(parts)
+        return training_step(m, b, parts)
 
     model.callbacks = type(model.callbacks)(after_step=(lambda: states.append(_params(model)),))
     model.train(True)
     model.plan.step(model, batch, optimizer, forward, torch.autocast("cpu", enabled=False), lambda o, l: None)
-    assert len(forwards) == 3 and len(states) == 4
+    assert forwards == [None, {"cl"}, None] and len(states) == 4  # the learner step asks for its part only
     assert [_changed(a, b) for a, b in zip(states, states[1:])] == [
         {"encoder": True, "learner": False}, {"encoder": False, "learner": True}, {"encoder": True, "learner": False}]
     assert all(p.requires_grad for p in model.parameters())  # frozen flags restored

@@ -57,7 +57,8 @@ core runs it and names no method. Each hook is optional, and the default path
 * **Optimisation plan** — one component may define ``optim_plan(weights)``
   returning an :class:`OptimPlan`: parameter groups it owns, each with its own
   optimiser, and the steps each batch takes. Every step re-runs the forward
-  pass, then minimises its weighted loss parts and updates only its groups
+  pass (a step with its own ``weights`` computes only the parts of non-zero
+  weight), then minimises its weighted loss parts and updates only its groups
   (the others are frozen: no gradient is computed for them). ``"model"`` is
   every parameter in no declared group. MCLRec::
 

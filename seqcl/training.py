@@ -182,8 +182,8 @@ def training_step(model: Model, batch: Batch, parts: Collection[str] | None = No
 
     Under torchrun ``batch`` is this rank's shard (``seqcl.distributed``): row-mean
     losses are weighted by the shard's share, terms that declare
-    ``needs_global_batch`` see the gathered global batch, and ``parts`` and
-    ``loss`` are the global batch's values.
+    ``needs_global_batch`` see the gathered global batch, and the returned
+    ``parts`` and ``loss`` are the global batch's values.
     """
     shard = distributed.step_shard(batch)
     local = {"main"}  # parts that are means over this rank's rows
@@ -226,12 +226,11 @@ def training_step(model: Model, batch: Batch, parts: Collection[str] | None = No
                 total = weighted if total is None else total + weighted
     if total is None:  # nothing of weight ≠ 0 asked for: a zero that keeps the graph of what was computed
         total = next(iter(values.values())) * 0.0 if values else torch.zeros((), device=batch.items.device)
-    parts = out_parts
     if shard is None:
-        return StepOutput(total, parts, skipped, values)
-    names = list(parts)
+        return StepOutput(total, out_parts, skipped, values)
+    names = list(out_parts)
     mean = shard.average(torch.stack([total.detach().float()] + [
-        parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
+        out_parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
     return StepOutput(total, dict(zip(names, mean[1:])), skipped, values, loss=mean[0])
 
 

@@ -69,8 +69,8 @@ class GroupOptimizers:
 def weighted_loss(values: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     """Σ weights[name] · values[name] over the parts computed in this step (0-dim)."""
     present = [(values[name], w) for name, w in weights.items() if name in values and w != 0.0]
-    if not present:
-        return next(iter(values.values())) * 0.0
+    if not present:  # nothing to minimise: a zero (on the graph of what was computed, if anything)
+        return next(iter(values.values())) * 0.0 if values else torch.zeros(())
     total = present[0][0] * present[0][1]
     for value, w in present[1:]:
         total = total + w * value

@@ -120,6 +120,8 @@ def test_weighted_loss_sums_present_parts():
     values = {"main": torch.tensor(2.0), "cl": torch.tensor(3.0)}
     assert float(weighted_loss(values, {"main": 1.0, "cl": 0.5, "absent": 9.0})) == 3.5
     assert float(weighted_loss(values, {"cl": 0.0})) == 0.0
+    empty = weighted_loss({}, {"cl": 1.0})  # a step that asked for nothing: a zero the runner then refuses
+    assert float(empty) == 0.0 and not empty.requires_grad
 
 
 def test_bad_plans_refused():

@@ -18,7 +18,9 @@ Low- and high-pass views of one filter differ only by dropout (the filter is det
 code, so the filter runs four times (low, high, two band-stops), not six, from one ``fft2``, with the
 masks stored unshifted (:func:`.filters.filter_unshifted`, equal to :func:`.filters.frequency_filter`).
 The core's main pass reads only ``H[:, -1]`` (``hidden_slots = "last"``), so it keeps the encoder's
-shortcuts (SASRec: packed, trimmed, last layer for the last slot); only the views run every slot. Dropout: the code's ``seq.yaml`` uses 0.5 / 0.5 (SASRec's defaults here); BASELINES.md lists 0.3
+shortcuts (SASRec: packed, trimmed, last layer for the last slot); only the views run every slot.
+
+Dropout: the code's ``seq.yaml`` uses 0.5 / 0.5 (SASRec's defaults here); BASELINES.md lists 0.3
 (the paper's) — the code is followed. The yaml's ``inner_size: 258`` is taken as SASRec's 256.
 """
 

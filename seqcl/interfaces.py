@@ -57,7 +57,8 @@ core runs it and names no method. Each hook is optional, and the default path
 * **Optimisation plan** — one component may define ``optim_plan(weights)``
   returning an :class:`OptimPlan`: parameter groups it owns, each with its own
   optimiser, and the steps each batch takes. Every step re-runs the forward
-  pass, then minimises its weighted loss parts and updates only its groups
+  pass (a step with its own ``weights`` computes only the parts of non-zero
+  weight), then minimises its weighted loss parts and updates only its groups
   (the others are frozen: no gradient is computed for them). ``"model"`` is
   every parameter in no declared group. MCLRec::
 
@@ -241,6 +242,15 @@ class Encoder(nn.Module, ABC):
 
     embedding_dropout.optional = True  # type: ignore[attr-defined]
 
+    def contextualize_padded(self, h_in: Tensor, items: Tensor) -> Tensor:
+        """H_in (B, T, d) → H (B, T, d) at every slot, leading padding slots included, with the values
+        of the plain padded computation (a padding slot's query has no allowed key). For views that read
+        the padding slots of their own pass (CFIT4SRec's filtered embeddings are non-zero there), while
+        the core's main pass keeps the encoder's shortcuts (``full_width`` would turn them off for all)."""
+        raise NotImplementedError(f"{type(self).__name__} has no contextualize_padded")
+
+    contextualize_padded.optional = True  # type: ignore[attr-defined]
+
 
 class Augmenter(nn.Module):
     """Produces named views (and the pairs to contrast) for one batch.
@@ -271,8 +281,10 @@ class Augmenter(nn.Module):
     extra_rows: int = 0
     pairs: list[tuple[str, str]] = []
     full_width: bool = False  # True: batches keep all T columns (e.g. a flattened T·d MLP)
-    #: which slots of ``hidden`` forward reads: "all", or "last" (the core then passes H[:, -1:], (B, 1, d))
-    hidden_slots: Literal["all", "last"] = "all"
+    #: which slots of ``hidden`` forward reads: "all", "last" (the core then passes H[:, -1:], (B, 1, d)),
+    #: or "none" (forward reads neither ``hidden`` nor ``h_in``: both None; the core runs its main pass
+    #: for the objective only, so a plan step that does not minimise it skips it — MCLRec's learner step)
+    hidden_slots: Literal["all", "last", "none"] = "all"
     #: whether forward reads ``h_in`` (False: the core passes None and may skip the dense H_in)
     reads_embedding: bool = True
     #: view name → shape after the batch dimension, for views that are not (B, d), e.g. (T·d,)
@@ -283,7 +295,8 @@ class Augmenter(nn.Module):
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor) -> Views:  # noqa: D401
         """Views for ``batch``. ``h_in`` and ``hidden`` (both (B, T, d)) are the main path's
         embedding output and Transformer output; the main representation is ``hidden[:, -1]``.
-        With ``hidden_slots = "last"``, ``hidden`` is (B, 1, d); without ``reads_embedding``, ``h_in`` is None."""
+        With ``hidden_slots = "last"``, ``hidden`` is (B, 1, d); without ``reads_embedding``, ``h_in`` is None;
+        with ``hidden_slots = "none"`` both are None."""
         return Views()
 
 
@@ -384,7 +397,8 @@ class PlanStep:
     """One optimiser step of a batch: a fresh forward pass, then minimise
     ``Σ weights[part] · part`` (parts: ``"main"`` and each active term; a part
     not computed in this run is left out) and update the groups in ``update``
-    only. ``weights`` None: the run's own total, main + Σ weight·term."""
+    only. ``weights`` None: the run's own total, main + Σ weight·term. With
+    ``weights``, the forward pass computes only the parts of non-zero weight."""
 
     update: tuple[str, ...]
     weights: dict[str, float] | None = None

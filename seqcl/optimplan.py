@@ -6,8 +6,10 @@ and :class:`PlanRunner` runs it. Each step of a batch:
 
 1. freezes every parameter outside the step's groups (``requires_grad``
    off, restored afterwards), so no gradient is computed for them;
-2. re-runs the forward pass (``forward(model, batch)``: the core's step, so
-   dropout and the augmenters draw afresh, as MCLRec's code does);
+2. re-runs the forward pass (``forward(model, batch, parts)``: the core's step, so
+   dropout and the augmenters draw afresh, as MCLRec's code does); a step with
+   ``weights`` asks only for its parts of non-zero weight (``parts``; None: all),
+   so MCLRec's learner step skips the objective and the main pass;
 3. minimises its weighted loss parts, updates its groups with their own
    optimisers, and calls the ``after_optimizer_step`` callbacks.
 
@@ -67,8 +69,8 @@ class GroupOptimizers:
 def weighted_loss(values: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     """Σ weights[name] · values[name] over the parts computed in this step (0-dim)."""
     present = [(values[name], w) for name, w in weights.items() if name in values and w != 0.0]
-    if not present:
-        return next(iter(values.values())) * 0.0
+    if not present:  # nothing to minimise: a zero (on the graph of what was computed, if anything)
+        return next(iter(values.values())) * 0.0 if values else torch.zeros(())
     total = present[0][0] * present[0][1]
     for value, w in present[1:]:
         total = total + w * value
@@ -107,14 +109,16 @@ class PlanRunner:
                                     weight_decay if g is None or g.weight_decay is None else g.weight_decay)
         return GroupOptimizers(optimizers)
 
-    def step(self, model: Any, batch: Batch, optimizer: GroupOptimizers, forward: Callable[[Any, Batch], Any],
+    def step(self, model: Any, batch: Batch, optimizer: GroupOptimizers,
+             forward: Callable[[Any, Batch, set[str] | None], Any],
              autocast: AbstractContextManager, check: Callable[[Any, Tensor], None]) -> Any:
         """Every step of the plan on ``batch``; returns the first step's output (its parts are logged)."""
         first = None
         for i, step in enumerate(self.plan.steps, 1):
+            parts = None if step.weights is None else {name for name, w in step.weights.items() if w != 0.0}
             with self._frozen_except(step):
                 with autocast:
-                    out = forward(model, batch)
+                    out = forward(model, batch, parts)
                 loss = out.total if step.weights is None else weighted_loss(out.values, step.weights)
                 check(out, loss)
                 if not loss.requires_grad:

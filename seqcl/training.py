@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import Tensor, nn
@@ -166,7 +166,7 @@ class StepOutput:
         return self.total if self.loss is None else self.loss
 
 
-def training_step(model: Model, batch: Batch) -> StepOutput:
+def training_step(model: Model, batch: Batch, parts: Collection[str] | None = None) -> StepOutput:
     """One forward pass: objective + Σ weight·term. No host sync in one process (torchrun: shard sizes are gathered).
 
     With no loss term the augmenter never runs, so nothing reads ``H_in`` or the
@@ -175,32 +175,42 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
     objective without ``uses_main_pass`` (BERT4Rec's cloze task) runs its own
     encoder pass; the main pass then exists only for the views.
 
+    ``parts``: the loss parts to compute (``"main"`` and term names; None: all). An
+    optimisation plan's step that minimises some parts only asks for those
+    (``seqcl.optimplan``); without ``"main"`` the objective is skipped, and so is the
+    main pass when the augmenter reads none of it (``hidden_slots = "none"``).
+
     Under torchrun ``batch`` is this rank's shard (``seqcl.distributed``): row-mean
     losses are weighted by the shard's share, terms that declare
-    ``needs_global_batch`` see the gathered global batch, and ``parts`` and
-    ``loss`` are the global batch's values.
+    ``needs_global_batch`` see the gathered global batch, and the returned
+    ``parts`` and ``loss`` are the global batch's values.
     """
     shard = distributed.step_shard(batch)
     local = {"main"}  # parts that are means over this rank's rows
+    wanted_terms = {n: t for n, t in model.terms.items() if parts is None or n in parts}
+    wants_main = parts is None or "main" in parts
     h_in = hidden = h = None
-    if model.terms:
+    if wanted_terms and model.augmenter.hidden_slots != "none":
         h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
         h = hidden[:, -1]
-    elif model.objective.uses_main_pass:
+    elif wants_main and model.objective.uses_main_pass:
         h = model.encoder.encode(batch.items)
-    main = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
-    total = main if shard is None else main * shard.weight
-    parts = {"main": main.detach()}
-    values = {"main": main}
+    total: Tensor | None = None
+    values: dict[str, Tensor] = {}
+    out_parts: dict[str, Tensor] = {}
+    if wants_main:
+        main = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
+        total = main if shard is None else main * shard.weight
+        out_parts["main"], values["main"] = main.detach(), main
     skipped = []
-    if model.terms:
+    if wanted_terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
         if not model.views_checked:
             check_views(views, batch.size, model.encoder.hidden_size, model.augmenter_label,
                         model.augmenter.view_shapes)
             model.views_checked = True
         gathered = None
-        for name, term in model.terms.items():
+        for name, term in wanted_terms.items():
             term_views, term_batch = views, batch
             if shard is not None and distributed.needs_global_batch(term):
                 gathered = gathered or shard.gather(views, batch)
@@ -210,14 +220,17 @@ def training_step(model: Model, batch: Batch) -> StepOutput:
             if getattr(term, "needs_negatives", False) and term_batch.size < 2:
                 skipped.append(name)
             value = term(term_views, term_batch)
-            parts[name], values[name] = value.detach(), value
+            out_parts[name], values[name] = value.detach(), value
             if model.weights[name] != 0.0:
-                total = total + model.weights[name] * (value * shard.weight if name in local else value)
+                weighted = model.weights[name] * (value * shard.weight if name in local else value)
+                total = weighted if total is None else total + weighted
+    if total is None:  # nothing of weight ≠ 0 asked for: a zero that keeps the graph of what was computed
+        total = next(iter(values.values())) * 0.0 if values else torch.zeros((), device=batch.items.device)
     if shard is None:
-        return StepOutput(total, parts, skipped, values)
-    names = list(parts)
+        return StepOutput(total, out_parts, skipped, values)
+    names = list(out_parts)
     mean = shard.average(torch.stack([total.detach().float()] + [
-        parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
+        out_parts[n].float() * (shard.weight if n in local else 1.0) for n in names]))
     return StepOutput(total, dict(zip(names, mean[1:])), skipped, values, loss=mean[0])
 
 

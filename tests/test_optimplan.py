@@ -83,14 +83,14 @@ def test_each_step_updates_its_groups_only(plugins, tmp_path, tiny_file):
                                  torch.device("cpu")))
     states, forwards = [_params(model)], []
 
-    def forward(m, b):
-        forwards.append(1)
-        return training_step(m, b)
+    def forward(m, b, parts=None):
+        forwards.append(parts)
+        return training_step(m, b, parts)
 
     model.callbacks = type(model.callbacks)(after_step=(lambda: states.append(_params(model)),))
     model.train(True)
     model.plan.step(model, batch, optimizer, forward, torch.autocast("cpu", enabled=False), lambda o, l: None)
-    assert len(forwards) == 3 and len(states) == 4
+    assert forwards == [None, {"cl"}, None] and len(states) == 4  # the learner step asks for its part only
     assert [_changed(a, b) for a, b in zip(states, states[1:])] == [
         {"encoder": True, "learner": False}, {"encoder": False, "learner": True}, {"encoder": True, "learner": False}]
     assert all(p.requires_grad for p in model.parameters())  # frozen flags restored
@@ -120,6 +120,8 @@ def test_weighted_loss_sums_present_parts():
     values = {"main": torch.tensor(2.0), "cl": torch.tensor(3.0)}
     assert float(weighted_loss(values, {"main": 1.0, "cl": 0.5, "absent": 9.0})) == 3.5
     assert float(weighted_loss(values, {"cl": 0.0})) == 0.0
+    empty = weighted_loss({}, {"cl": 1.0})  # a step that asked for nothing: a zero the runner then refuses
+    assert float(empty) == 0.0 and not empty.requires_grad
 
 
 def test_bad_plans_refused():

@@ -3,6 +3,10 @@
 A view of the embedding ``X`` (B, T, d) is ``|ifft2(ifftshift(fftshift(fft2(X)) ⊙ M))|`` with the 2-D
 FFT over (T, d) and a 0/1 mask ``M`` (T, d) on the centred spectrum. Masks are functions of the
 distance of each cell from the centre ``(T // 2, d // 2)``, as the code's ``create*Filter``.
+
+:func:`frequency_filter` is the formula as written; :func:`filter_unshifted` is what the augmenter
+runs: the shifts are permutations, so ``ifftshift(fftshift(F) ⊙ M) = F ⊙ ifftshift(M)`` exactly, and
+shifting the (constant) mask once replaces two rolls of the complex spectrum per view.
 """
 
 from __future__ import annotations
@@ -52,3 +56,15 @@ def frequency_filter(x: Tensor, mask: Tensor) -> Tensor:
     spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
     filtered = torch.fft.ifftshift(spectrum * mask.to(x.dtype), dim=(-2, -1))
     return torch.fft.ifft2(filtered).abs()
+
+
+def unshift(mask: Tensor) -> Tensor:
+    """(…, T, d) mask on the centred spectrum → the same mask on the unshifted one (``ifftshift``)."""
+    return torch.fft.ifftshift(mask, dim=(-2, -1))
+
+
+def filter_unshifted(x: Tensor, masks: Tensor) -> Tensor:
+    """(B, T, d) real, (k, T, d) masks already :func:`unshift`-ed → (k, B, T, d)
+    ``|ifft2(fft2(x) ⊙ masks[i])|``: :func:`frequency_filter` of each (centred) mask, one ``fft2`` for all."""
+    spectrum = torch.fft.fft2(x)  # (B, T, d)
+    return torch.fft.ifft2(spectrum.unsqueeze(0) * masks.to(x.dtype).unsqueeze(1)).abs()

@@ -105,7 +105,7 @@ class ELCRecAugmenter(RandomAugmenter):
     def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:
         c = self.centres
         z = F.normalize(hidden.mean(dim=1), dim=-1)  # (B, d)
-        intent = c[formulas.sq_distances(z, c).argmin(dim=1)]  # (B, d)
+        intent = c[formulas.nearest(z, c)]  # (B, d)
         v1, v2 = self.augment(batch.items, self.generator(batch.items.device))
         both = torch.cat([v1, v2])  # (2B, T): full width, the flattened views read every slot
         out = encoder.contextualize(encoder.embed(both), both)  # (2B, T, d)

@@ -24,11 +24,19 @@ def cluster_loss_rows(z: Tensor, c: Tensor) -> Tensor:
     return sq_distances(z, c).mean(dim=1) - sq_distances(c, c).mean()
 
 
+def nearest(x: Tensor, c: Tensor) -> Tensor:
+    """(N, d), (K, d) → (N,) long: the index of each row's nearest centre (lowest :func:`sq_distances`).
+
+    No gradient flows through an argmin, so the (N, K) distances are computed without autograd
+    recording them (same values: the same expression)."""
+    with torch.no_grad():
+        return sq_distances(x, c).argmin(dim=1)
+
+
 def shift_to_nearest(h: Tensor, c: Tensor) -> Tensor:
     """(B, T, d), (K, d) → (B, T, d): each slot plus its nearest centre (the code's ``prototype = shift``)."""
     b, t, d = h.shape
-    index = sq_distances(h.reshape(b * t, d), c).argmin(dim=1)
-    return h + c[index].reshape(b, t, d)
+    return h + c[nearest(h.reshape(b * t, d), c)].reshape(b, t, d)
 
 
 def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor:

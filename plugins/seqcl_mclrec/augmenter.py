@@ -19,6 +19,8 @@ Read from the official code (QinHsiu/MCLRec, RecBole 0.x fork):
   (1) learners frozen, the encoder minimises CE + λ L_cl1 + β (L_cl2 + 0.1 R);
   (2) encoder frozen, the learners (their own Adam, the run's lr) minimise
   λ L_cl1 + L_cl2 + 0.1 R; (3) as (1). First-order alternation, as the code.
+  Step (2) computes only the parts it minimises (``seqcl.optimplan``): no
+  main pass, no CE (``hidden_slots = "none"``: the views never read them).
 
 Where this follows BASELINES.md rather than the code's ``MCLRec.yaml``: β =
 0.05 (the yaml's default is 0.01; the repository gives no Beauty command).
@@ -82,6 +84,7 @@ class MCLRecAugmenter(RandomAugmenter):
 
     default_terms = {"cl": {"weight": 0.0, "tau": 1.0}, "mcl": {"weight": 0.05}}
     pairs = [("h1", "h2")]
+    hidden_slots = "none"  # the views are encodings of their own: the learner step skips the main pass
 
     def __init__(self, options: MCLRecOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
@@ -89,7 +92,7 @@ class MCLRecAugmenter(RandomAugmenter):
         self.learner2 = Learner(ctx.hidden_size, list(options.learner_sizes))
         self._drawn: tuple[Tensor, Tensor, Tensor] | None = None  # (batch items, view 1, view 2)
 
-    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor, hidden: Tensor) -> Views:
+    def forward(self, batch: Batch, encoder: Encoder, h_in: Tensor | None, hidden: Tensor | None) -> Views:
         if self._drawn is None or self._drawn[0] is not batch.items:  # once per batch, as the code's loader
             self._drawn = (batch.items, *self.augment(batch.items, self.generator(batch.items.device)))
         h1, h2 = encode_pair(encoder, self._drawn[1], self._drawn[2])

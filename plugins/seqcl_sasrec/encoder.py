@@ -286,6 +286,10 @@ class SASRec(Encoder):
             x = block.packed(x, layout)
         return layout.unsort(self.blocks[-1].packed_last(x, layout))
 
+    def contextualize_padded(self, h_in: Tensor, items: Tensor) -> Tensor:
+        """(B, T, d) → (B, T, d) on the padded layout whatever ``layout`` says: every slot computed."""
+        return self._dense(h_in, items)
+
     def _dense(self, h_in: Tensor, items: Tensor) -> Tensor:
         mask = self.attention_mask(items).to(h_in.dtype)
         x = h_in

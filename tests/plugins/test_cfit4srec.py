@@ -6,22 +6,29 @@ from __future__ import annotations
 import cmath
 import math
 
+import copy
+import types
+
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
 from hypothesis import given
 from hypothesis import strategies as st
 
 from seqcl.config import parse_assignment, resolve
 from seqcl.errors import ConfigError
-from seqcl.interfaces import Batch, BuildContext
+from seqcl.interfaces import Batch, BuildContext, Views
 from seqcl.plugins import load_plugins
 from seqcl.training import resume, train
 from seqcl_cfit4srec import (CFIT4SRecAugmenter, CFIT4SRecOptions, band_stop, band_stops, frequency_filter,
                              high_pass, low_pass)
+from seqcl_cfit4srec.filters import filter_unshifted, unshift
 from seqcl_sasrec.encoder import SASRec, SASRecOptions
 
 from conftest import TINY
 from formula_refs import FAST, _gen
+from test_exactness import assert_close, build, fixed_batch, loss_and_grads
 from test_resume import interrupted_run, records
 
 # --------------------------------------------------------------------------- references (loops)
@@ -108,6 +115,21 @@ def test_filter_invariances(size, seed, r):
     assert (frequency_filter(x, high_pass(t, d, r).double()) >= 0).all()
 
 
+@FAST
+@given(size=sizes, seed=st.integers(0, 2**31 - 1), k=st.integers(1, 4))
+def test_unshifted_filter_equals_the_formula(size, seed, k):
+    """The fast filter (masks shifted once, one fft2 for all masks) is the formula, mask by mask:
+    the shifts are permutations, so the products are the same numbers in another order."""
+    t, d = size
+    g = _gen(seed)
+    x = torch.randn(2, t, d, generator=g, dtype=torch.float64)
+    masks = (torch.rand(k, t, d, generator=g) < 0.5).double()
+    got = filter_unshifted(x, unshift(masks))
+    assert got.shape == (k, 2, t, d)
+    for i in range(k):
+        torch.testing.assert_close(got[i], frequency_filter(x, masks[i]), rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- the augmenter
 
 
@@ -174,3 +196,35 @@ def test_trains_on_builtin_data_and_resumes_exactly(plugins, tmp_path, tiny_file
     assert all(set(r["loss"]) == {"main", "cl"} and r["loss"]["cl"] > 0 for r in recs)
     path = interrupted_run(plugins, config(plugins, tmp_path / "b", *extra, dataset=tiny_file), 1)
     assert records(resume(path, plugins, log=lambda m: None).run_dir) == recs
+
+
+def plain_forward(self, batch, encoder, h_in, hidden):
+    """The plain path the fast one replaced: six filters on the centred spectrum (two rolls each),
+    the encoder's all-slot ``contextualize`` (on the padded layout: ``request_full_width``)."""
+    x = encoder.embed_without_dropout(batch.items)
+    six = frequency_filter(x.unsqueeze(0), self.masks(x.device).unsqueeze(1))
+    flat = rearrange(six, "v b t d -> (v b) t d")
+    out = encoder.contextualize(encoder.embedding_dropout(flat), repeat(batch.items, "b t -> (v b) t", v=6))
+    views = rearrange(out, "(v b) t d -> v b (t d)", v=6)
+    return Views(dict(zip([name for pair in self.pairs for name in pair], views)), list(self.pairs))
+
+
+def test_fast_step_equals_plain_step(plugins, tmp_path, tiny_file):
+    """SPEC §10. Fast: trimmed batch, packed last-slot main pass, four filters from one fft2 with
+    unshifted masks, the views padded back to T. Plain: full-width batch, every pass on the padded
+    layout and every slot of the main pass, six filters with both shifts. Loss and every gradient,
+    dropout 0, the augmenter's band-centre stream restored."""
+    r, data, model = build(plugins, tmp_path, tiny_file, "cfit4srec")
+    batch = fixed_batch(data, model)
+    t = model.max_len
+    assert batch.items.shape[1] < t and not model.encoder.dense_layout  # trimmed, packed: the fast path
+    state = copy.deepcopy(model.state_dict())
+    got = loss_and_grads(model, batch, r, "packed", state=state)
+    aug = model.augmenter
+    full = Batch(F.pad(batch.items, (t - batch.items.shape[1], 0)), batch.targets, batch.sample_ids)
+    aug.hidden_slots, aug.reads_embedding = "all", True
+    aug.forward = types.MethodType(plain_forward, aug)
+    model.encoder.request_full_width()
+    ref = loss_and_grads(model, full, r, "padded", state=state)
+    assert float(ref[0]) > 0 and ref[1].keys() == got[1].keys() and len(ref[1]) > 4
+    assert_close(got, ref)

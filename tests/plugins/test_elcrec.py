@@ -14,6 +14,7 @@ from seqcl.errors import ConfigError
 from seqcl.plugins import load_plugins
 from seqcl.training import resume, train
 from seqcl_elcrec import cluster_loss_rows, kmeans, shift_to_nearest, sq_distances
+from seqcl_elcrec.formulas import nearest
 
 from conftest import TINY
 from formula_refs import FAST, SLOW, _gen, grads_finite, rows
@@ -72,6 +73,25 @@ def test_shift_adds_each_slots_nearest_centre(xc, b):
     for t, row in enumerate(rows(x)):
         k = min(range(len(d[t])), key=lambda j: (d[t][j], j))
         torch.testing.assert_close(out[:, t], (x[t] + c[k]).expand(b, -1))
+
+
+@FAST
+@given(xc=points(), b=st.integers(1, 3))
+def test_shift_without_recorded_distances_equals_the_plain_shift(xc, b):
+    """Fast path: the argmin's (N, K) distances computed without autograd. Plain: with it. Same
+    indices, same output and the same gradients for h and the centres (in float32)."""
+    x, c = (t.float() for t in xc)
+    h = x.unsqueeze(0).expand(b, -1, -1).contiguous()
+    leaves = [t.clone().requires_grad_(True) for t in (h, c, h, c)]
+    fast = shift_to_nearest(leaves[0], leaves[1])
+    index = sq_distances(leaves[2].reshape(-1, x.shape[1]), leaves[3]).argmin(dim=1)  # recorded
+    plain = leaves[2] + leaves[3][index].reshape(h.shape)
+    assert torch.equal(nearest(leaves[0].reshape(-1, x.shape[1]), leaves[1]), index)
+    assert torch.equal(fast, plain)
+    w = torch.randn(h.shape, generator=_gen(1))
+    (fast * w).sum().backward()
+    (plain * w).sum().backward()
+    assert torch.equal(leaves[0].grad, leaves[2].grad) and torch.equal(leaves[1].grad, leaves[3].grad)
 
 
 def test_kmeans_monotone_and_recovers_separated_blobs():

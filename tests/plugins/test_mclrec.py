@@ -3,6 +3,7 @@ the three-step optimisation plan (which parameters change in which step), and tr
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -148,6 +149,51 @@ def test_three_steps_update_encoder_learners_encoder(plugins, tmp_path, tiny_fil
     assert any(steps[0]["encoder"]) and not any(steps[0]["learners"])  # (1) learners frozen
     assert all(steps[1]["learners"]) and not any(steps[1]["encoder"])  # (2) both learners, encoder frozen
     assert any(steps[2]["encoder"]) and not any(steps[2]["learners"])  # (3) as (1)
+
+
+def test_learner_step_skips_main_pass_and_objective_exactly(plugins, tmp_path, tiny_file, monkeypatch):
+    """SPEC §10. Fast: the learner step (2) asks only for ``mcl`` (λ = 0), so it runs neither the main
+    pass nor the CE. Plain: every step computes every part. Same batch, dropout 0, the augmenter's
+    stream restored: every parameter after the whole plan is the same, bit for bit (skipping a part
+    changes no other value), and so is each step's minimised loss."""
+    from seqcl.optimplan import weighted_loss
+
+    r = config(plugins, tmp_path, "sasrec.dropout=0", "sasrec.attn_dropout=0", dataset=tiny_file)
+    data, _, model = prepare(r, plugins)
+    batch = next(iterate_batches(training_samples(data), 64, model.max_len, torch.Generator().manual_seed(0),
+                                 torch.device("cpu")))
+    state = copy.deepcopy(model.state_dict())
+    encoded, objective_calls = [], []
+    real_encode, real_objective = model.encoder.encode, model.objective.forward
+    monkeypatch.setattr(model.encoder, "encode", lambda items: encoded.append(len(items)) or real_encode(items))
+    monkeypatch.setattr(model.objective, "forward", lambda *a: objective_calls.append(1) or real_objective(*a))
+
+    def run(ask):
+        model.load_state_dict(copy.deepcopy(state))
+        model.augmenter._drawn = None
+        optimizer = make_optimizer(model, r)
+        encoded.clear(), objective_calls.clear()
+        losses = []
+
+        def forward(m, b, parts):
+            out = training_step(m, b, parts if ask else None)
+            weights = model.plan.plan.steps[len(losses)].weights
+            losses.append((out.total if weights is None else weighted_loss(out.values, weights)).detach())
+            return out
+
+        model.train(True)
+        model.plan.step(model, batch, optimizer, forward, torch.autocast("cpu", enabled=False), lambda o, l: None)
+        return [float(x) for x in losses], [p.detach().clone() for p in model.parameters()], list(encoded), \
+            len(objective_calls)
+
+    fast, plain = run(ask=True), run(ask=False)
+    b = batch.size
+    assert plain[2] == [b, 2 * b] * 3 and plain[3] == 3  # main pass + views, CE, in every step
+    assert fast[2] == [b, 2 * b, 2 * b, b, 2 * b] and fast[3] == 2  # step 2: the views only
+    assert fast[0] == plain[0] and len(fast[0]) == 3
+    assert all(torch.equal(a, c) for a, c in zip(fast[1], plain[1]))
+    model.load_state_dict(copy.deepcopy(state))
+    assert sum(not torch.equal(a, c) for a, c in zip(fast[1], model.parameters())) > 4  # the plan moved them
 
 
 def test_without_mcl_or_mcl_elsewhere_refused(plugins, tmp_path, tiny_file):

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
+from seqcl.memory import enable_thp_env, limit_heap_growth, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
 
+reexec_with_tunables()  # the glibc tunables of a real run (seqcl.cli's entry)
 enable_thp_env()
 
 import torch  # noqa: E402
@@ -44,6 +47,35 @@ def rss() -> tuple[float, float]:
     return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap() -> dict[str, float]:
+    """glibc's view (``mallinfo2``, glibc >= 2.33): heap size, mmap'd, in use, free-in-heap (MiB).
+
+    ``free_mb`` large and growing while ``inuse_mb`` is flat = fragmentation, not a leak."""
+    try:
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    f.restype = _Mallinfo2
+    m = f()
+    mib = 1024 * 1024
+    return {"heap_mb": round(m.arena / mib, 1), "mmap_mb": round(m.hblkhd / mib, 1),
+            "inuse_mb": round(m.uordblks / mib, 1), "free_mb": round(m.fordblks / mib, 1)}
+
+
+def live_objects() -> dict[str, float]:
+    """Python objects and torch tensors alive after ``gc.collect()`` (a leak shows as a growing count)."""
+    gc.collect()
+    objs = gc.get_objects()
+    tensors = [o for o in objs if isinstance(o, torch.Tensor)]
+    nbytes = sum(t.untyped_storage().nbytes() for t in tensors)
+    return {"objects": len(objs), "tensors": len(tensors), "tensor_mb": round(nbytes / 2**20, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)
@@ -54,13 +86,15 @@ def main() -> None:
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each epoch")
     ap.add_argument("--trim-every", type=int, default=0, help="malloc_trim(0) every N optimizer steps")
+    ap.add_argument("--objects", action="store_true",
+                    help="after each epoch, also count live Python objects and tensors (gc)")
     ap.add_argument("--set", dest="extra", action="append", default=[])
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-growth-mb", type=float, default=None,
                     help="exit 1 if RSS grows by more than this from the end of epoch 1 to the end")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print("limit_heap_growth:", limit_heap_growth(), flush=True)
+    print("limit_heap_growth:", limit_heap_growth(), "GLIBC_TUNABLES:", os.environ.get("GLIBC_TUNABLES"), flush=True)
     plugins = load_plugins()
     pairs = [parse_assignment(s) for s in args.extra]
     pairs += [("augmenter", args.augmenter), ("dataset", args.dataset)]
@@ -93,20 +127,22 @@ def main() -> None:
     optimizer.step = sampled_step  # type: ignore[method-assign]
     for epoch in range(1, args.epochs + 1):
         counter["epoch"], counter["n"] = epoch, 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=args.max_batches)
         r, h = rss()
-        log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_train", "rss_mb": r, "hwm_mb": h})
+        log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_train", "rss_mb": r, "hwm_mb": h,
+                    "cpu_s": round(time.process_time() - c0, 1),
+                    **heap(), **(live_objects() if args.objects else {})})
         print(log[-1], f"{time.perf_counter() - t0:.1f}s", flush=True)
         if not args.no_eval:
             _evaluate(model, valid, resolved, device)
             r, h = rss()
-            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h})
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h, **heap()})
             print(log[-1], flush=True)
         if args.trim:
             libc.malloc_trim(0)
             r, h = rss()
-            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h})
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h, **heap()})
             print(log[-1], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "samples": log}, indent=1))

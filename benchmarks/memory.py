@@ -4,15 +4,22 @@
     python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
     python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
     SEQCL_MALLOC=default python benchmarks/memory.py ...    # glibc's default malloc settings (the "before")
+    GLIBC_TUNABLES=glibc.malloc.tcache_count=7 python benchmarks/memory.py ...  # tcache on, threshold fixed
 
 Runs ``train_epoch`` (and the validation ``evaluate`` unless ``--no-eval``) for a
 few epochs, reading ``/proc/self/status`` every ``--every`` batches, and writes
 ``--out`` (JSON: per-sample epoch, batch, rss_mb, hwm_mb). Used to bisect issue
 #12's growth of RSS over a run (see benchmarks/results/2026-11-29-memory.md).
-As a regression check (about a minute at one thread)::
+Like the ``seqcl`` command, it re-executes itself once with glibc's tcache and
+fastbins off (``seqcl.memory.reexec_with_tunables``). ``after_train`` samples
+also carry glibc's heap (``mallinfo2``: heap, mmap'd, in use, free-in-heap) and
+the epoch's CPU seconds; ``--objects`` adds live Python objects and tensors.
+As a regression check (about a minute per augmenter at one thread)::
 
-    python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 3 --max-batches 200 \
-        --no-eval --max-growth-mb 150   # exits 1 when RSS keeps growing (before: +2106 MiB; after: +66)
+    for a in none random dropout aclsrec; do
+      python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --augmenter $a --epochs 3 \
+          --max-batches 200 --no-eval --max-growth-mb 60 || echo "$a: RSS keeps growing"
+    done   # exits 1 when RSS keeps growing (see results/2026-11-29-memory.md for before/after)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from seqcl.memory import TCACHE_TUNABLE, tunables_env
+from seqcl.memory import MALLOC_TUNABLES, tunables_env
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="glibc only")
@@ -83,7 +83,7 @@ def _churn(env_extra: dict[str, str]) -> tuple[str, int]:
 @glibc
 def test_reexec_turns_the_tcache_off() -> None:
     tunables, freed = _churn({})
-    assert tunables == TCACHE_TUNABLE
+    assert tunables == MALLOC_TUNABLES
     assert freed >= 20 * 1000  # every freed chunk is free (coalescable) memory at once
 
 
@@ -97,7 +97,8 @@ def test_default_malloc_keeps_the_tcache() -> None:
 
 @glibc
 def test_tunables_env() -> None:
-    assert tunables_env({}) == TCACHE_TUNABLE
-    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == f"glibc.malloc.hugetlb=1:{TCACHE_TUNABLE}"
+    assert tunables_env({}) == MALLOC_TUNABLES
+    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == f"glibc.malloc.hugetlb=1:{MALLOC_TUNABLES}"
     assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) is None  # the user's wins
+    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.mxfast=64"}) is None
     assert tunables_env({"SEQCL_MALLOC": "default"}) is None

@@ -102,3 +102,16 @@ def test_tunables_env() -> None:
     assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) is None  # the user's wins
     assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.mxfast=64"}) is None
     assert tunables_env({"SEQCL_MALLOC": "default"}) is None
+
+
+@glibc
+def test_seqcl_entry_reexecutes_with_the_tunables() -> None:
+    """``seqcl.cli.entry`` (the console script) restarts once: the snippet prints only in the restart."""
+    code = ("import os, sys; from seqcl import cli\n"
+            "if os.environ.get('GLIBC_TUNABLES'): print('restarted', os.environ['GLIBC_TUNABLES'])\n"
+            "sys.argv = ['seqcl', '--help']; cli.entry()")
+    env = {k: v for k, v in os.environ.items() if k not in ("SEQCL_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"restarted {MALLOC_TUNABLES}\n")
+    assert out.stdout.count("restarted") == 1

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqcl.memory import enable_thp_env, limit_heap_growth, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
+from seqcl.memory import enable_thp_env, heap_stats, limit_heap_growth, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
 
 reexec_with_tunables()  # the glibc tunables of a real run (seqcl.cli's entry)
 enable_thp_env()
@@ -54,24 +54,9 @@ def rss() -> tuple[float, float]:
     return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
 def heap() -> dict[str, float]:
-    """glibc's view (``mallinfo2``, glibc >= 2.33): heap size, mmap'd, in use, free-in-heap (MiB).
-
-    ``free_mb`` large and growing while ``inuse_mb`` is flat = fragmentation, not a leak."""
-    try:
-        f = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return {}
-    f.restype = _Mallinfo2
-    m = f()
-    mib = 1024 * 1024
-    return {"heap_mb": round(m.arena / mib, 1), "mmap_mb": round(m.hblkhd / mib, 1),
-            "inuse_mb": round(m.uordblks / mib, 1), "free_mb": round(m.fordblks / mib, 1)}
+    """glibc's heap (``seqcl.memory.heap_stats``) in MiB, keys ``*_mb``."""
+    return {f"{k}_mb": round(v / 2**20, 1) for k, v in heap_stats().items()}
 
 
 def live_objects() -> dict[str, float]:

@@ -38,10 +38,11 @@ torchrun ranks) inherit it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 #: allocations of at least this many bytes are mmap'd (glibc's ``M_MMAP_THRESHOLD``).
 MMAP_THRESHOLD = 8 * 1024 * 1024
@@ -102,3 +103,31 @@ def limit_heap_growth() -> bool:
     except (OSError, AttributeError):
         return False
     return _applied
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    if not _glibc():
+        return None
+    try:
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    f.restype = _Mallinfo2
+    return f
+
+
+def heap_stats() -> dict[str, int]:
+    """glibc's ``mallinfo2`` (glibc >= 2.33) in bytes: ``heap`` (its size), ``mmap`` (mmap'd
+    blocks), ``in_use``, ``free`` (free inside the heap); {} elsewhere. ``free`` rising while
+    ``in_use`` stays flat is fragmentation, not a leak (benchmarks/memory.py)."""
+    f = _mallinfo2()
+    if f is None:
+        return {}
+    m = f()
+    return {"heap": m.arena, "mmap": m.hblkhd, "in_use": m.uordblks, "free": m.fordblks}

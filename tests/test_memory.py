@@ -55,20 +55,17 @@ def test_cli_sets_thp_env_before_torch() -> None:
 #: tcache on, up to 7 of them stay in the tcache and count as in use (never coalesced: the heap growth)
 CHURN = """
 import ctypes, os
-from seqcl.memory import reexec_with_tunables
+from seqcl.memory import heap_stats, reexec_with_tunables
 reexec_with_tunables()
-class M(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                               "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = M
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
+heap_stats()  # loads mallinfo2 before the count
 chunks = [(libc.malloc(1000), libc.malloc(16)) for _ in range(20)]
-before = libc.mallinfo2().fordblks
+before = heap_stats()["free"]
 for p, _ in chunks:
     libc.free(p)
-print(os.environ.get("GLIBC_TUNABLES"), libc.mallinfo2().fordblks - before)
+print(os.environ.get("GLIBC_TUNABLES"), heap_stats()["free"] - before)
 """
 
 

@@ -29,8 +29,8 @@ new requests extend the heap (live memory flat, free-in-heap rising;
 (``GLIBC_TUNABLES=glibc.malloc.tcache_count=0``) the growth drops to ~5 MiB;
 with the fastbins off too (``glibc.malloc.mxfast=0``: those chunks are not
 coalesced either until a consolidation) the heap stays flat, at the same CPU
-time per step. Either alone is not enough (fastbins off alone: no change). glibc reads tunables only at process start, so
-:func:`tunables_env` gives the value and :mod:`seqcl.cli` re-executes the
+time per step; fastbins off alone changes nothing. glibc reads tunables only
+at process start, so :func:`tunables_env` gives the value and :mod:`seqcl.cli` re-executes the
 command once with it (:func:`reexec_with_tunables`); children (study workers,
 torchrun ranks) inherit it.
 """

@@ -4,28 +4,38 @@
     python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
     python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
     SEQCL_MALLOC=default python benchmarks/memory.py ...    # glibc's default malloc settings (the "before")
+    GLIBC_TUNABLES=glibc.malloc.tcache_count=7 python benchmarks/memory.py ...  # tcache on, threshold fixed
 
 Runs ``train_epoch`` (and the validation ``evaluate`` unless ``--no-eval``) for a
 few epochs, reading ``/proc/self/status`` every ``--every`` batches, and writes
 ``--out`` (JSON: per-sample epoch, batch, rss_mb, hwm_mb). Used to bisect issue
 #12's growth of RSS over a run (see benchmarks/results/2026-11-29-memory.md).
-As a regression check (about a minute at one thread)::
+Like the ``seqcl`` command, it re-executes itself once with glibc's tcache and
+fastbins off (``seqcl.memory.reexec_with_tunables``). ``after_train`` samples
+also carry glibc's heap (``mallinfo2``: heap, mmap'd, in use, free-in-heap) and
+the epoch's CPU seconds; ``--objects`` adds live Python objects and tensors.
+As a regression check (about a minute per augmenter at one thread)::
 
-    python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 3 --max-batches 200 \
-        --no-eval --max-growth-mb 150   # exits 1 when RSS keeps growing (before: +2106 MiB; after: +66)
+    for a in none random dropout aclsrec; do
+      python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --augmenter $a --epochs 3 \
+          --max-batches 200 --no-eval --max-growth-mb 60 || echo "$a: RSS keeps growing"
+    done   # exits 1 when RSS keeps growing (see results/2026-11-29-memory.md for before/after)
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
+from seqcl.memory import enable_thp_env, heap_stats, limit_heap_growth, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
 
+reexec_with_tunables()  # the glibc tunables of a real run (seqcl.cli's entry)
 enable_thp_env()
 
 import torch  # noqa: E402
@@ -44,6 +54,20 @@ def rss() -> tuple[float, float]:
     return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
 
 
+def heap() -> dict[str, float]:
+    """glibc's heap (``seqcl.memory.heap_stats``) in MiB, keys ``*_mb``."""
+    return {f"{k}_mb": round(v / 2**20, 1) for k, v in heap_stats().items()}
+
+
+def live_objects() -> dict[str, float]:
+    """Python objects and torch tensors alive after ``gc.collect()`` (a leak shows as a growing count)."""
+    gc.collect()
+    objs = gc.get_objects()
+    tensors = [o for o in objs if isinstance(o, torch.Tensor)]
+    nbytes = sum(t.untyped_storage().nbytes() for t in tensors)
+    return {"objects": len(objs), "tensors": len(tensors), "tensor_mb": round(nbytes / 2**20, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)
@@ -54,13 +78,15 @@ def main() -> None:
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each epoch")
     ap.add_argument("--trim-every", type=int, default=0, help="malloc_trim(0) every N optimizer steps")
+    ap.add_argument("--objects", action="store_true",
+                    help="after each epoch, also count live Python objects and tensors (gc)")
     ap.add_argument("--set", dest="extra", action="append", default=[])
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-growth-mb", type=float, default=None,
                     help="exit 1 if RSS grows by more than this from the end of epoch 1 to the end")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print("limit_heap_growth:", limit_heap_growth(), flush=True)
+    print("limit_heap_growth:", limit_heap_growth(), "GLIBC_TUNABLES:", os.environ.get("GLIBC_TUNABLES"), flush=True)
     plugins = load_plugins()
     pairs = [parse_assignment(s) for s in args.extra]
     pairs += [("augmenter", args.augmenter), ("dataset", args.dataset)]
@@ -93,20 +119,22 @@ def main() -> None:
     optimizer.step = sampled_step  # type: ignore[method-assign]
     for epoch in range(1, args.epochs + 1):
         counter["epoch"], counter["n"] = epoch, 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_epoch(model, optimizer, samples, resolved, generator, device, max_batches=args.max_batches)
         r, h = rss()
-        log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_train", "rss_mb": r, "hwm_mb": h})
+        log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_train", "rss_mb": r, "hwm_mb": h,
+                    "cpu_s": round(time.process_time() - c0, 1),
+                    **heap(), **(live_objects() if args.objects else {})})
         print(log[-1], f"{time.perf_counter() - t0:.1f}s", flush=True)
         if not args.no_eval:
             _evaluate(model, valid, resolved, device)
             r, h = rss()
-            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h})
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_eval", "rss_mb": r, "hwm_mb": h, **heap()})
             print(log[-1], flush=True)
         if args.trim:
             libc.malloc_trim(0)
             r, h = rss()
-            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h})
+            log.append({"epoch": epoch, "batch": counter["n"], "phase": "after_trim", "rss_mb": r, "hwm_mb": h, **heap()})
             print(log[-1], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "samples": log}, indent=1))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from seqcl.errors import PluginError, SeqclError
-from seqcl.memory import enable_thp_env
+from seqcl.memory import enable_thp_env, reexec_with_tunables
 
 enable_thp_env()  # before anything imports torch (seqcl.memory)
 
@@ -314,4 +314,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    reexec_with_tunables()  # glibc reads its tunables at start only (seqcl.memory)
     sys.exit(main())

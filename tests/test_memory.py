@@ -1,4 +1,4 @@
-"""seqcl.memory: glibc's mmap threshold is fixed for training runs (issue #12, RSS growth).
+"""seqcl.memory: glibc's mmap threshold is fixed and its tcache is off for training runs (issue #12, RSS growth).
 
 The RSS effect itself is measured by ``benchmarks/memory.py`` (see
 benchmarks/results/2026-11-29-memory.md); here: it is applied, once, and opt-outs hold.
@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+
+from seqcl.memory import MALLOC_TUNABLES, tunables_env
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="glibc only")
@@ -45,3 +47,68 @@ def test_cli_sets_thp_env_before_torch() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SEQCL_MALLOC", "THP_MEM_ALLOC_ENABLE")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+# ---------------------------------------------------------------- tcache off (GLIBC_TUNABLES, re-exec)
+
+#: frees 20 separated 1000-byte chunks and prints how much glibc counts as free afterwards: with the
+#: tcache on, up to 7 of them stay in the tcache and count as in use (never coalesced: the heap growth)
+CHURN = """
+import ctypes, os
+from seqcl.memory import heap_stats, reexec_with_tunables
+reexec_with_tunables()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+heap_stats()  # loads mallinfo2 before the count
+chunks = [(libc.malloc(1000), libc.malloc(16)) for _ in range(20)]
+before = heap_stats()["free"]
+for p, _ in chunks:
+    libc.free(p)
+print(os.environ.get("GLIBC_TUNABLES"), heap_stats()["free"] - before)
+"""
+
+
+def _churn(env_extra: dict[str, str]) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SEQCL_MALLOC", "GLIBC_TUNABLES")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", CHURN], env=env, capture_output=True, text=True, check=True)
+    tunables, freed = out.stdout.split()
+    return tunables, int(freed)
+
+
+@glibc
+def test_reexec_turns_the_tcache_off() -> None:
+    tunables, freed = _churn({})
+    assert tunables == MALLOC_TUNABLES
+    assert freed >= 20 * 1000  # every freed chunk is free (coalescable) memory at once
+
+
+@glibc
+def test_default_malloc_keeps_the_tcache() -> None:
+    """The control: the churn above does see the tcache (else the test before proves nothing)."""
+    tunables, freed = _churn({"SEQCL_MALLOC": "default"})
+    assert tunables == "None"
+    assert freed < 20 * 1000
+
+
+@glibc
+def test_tunables_env() -> None:
+    assert tunables_env({}) == MALLOC_TUNABLES
+    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == f"glibc.malloc.hugetlb=1:{MALLOC_TUNABLES}"
+    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) is None  # the user's wins
+    assert tunables_env({"GLIBC_TUNABLES": "glibc.malloc.mxfast=64"}) is None
+    assert tunables_env({"SEQCL_MALLOC": "default"}) is None
+
+
+@glibc
+def test_seqcl_entry_reexecutes_with_the_tunables() -> None:
+    """``seqcl.cli.entry`` (the console script) restarts once: the snippet prints only in the restart."""
+    code = ("import os, sys; from seqcl import cli\n"
+            "if os.environ.get('GLIBC_TUNABLES'): print('restarted', os.environ['GLIBC_TUNABLES'])\n"
+            "sys.argv = ['seqcl', '--help']; cli.entry()")
+    env = {k: v for k, v in os.environ.items() if k not in ("SEQCL_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"restarted {MALLOC_TUNABLES}\n")
+    assert out.stdout.count("restarted") == 1

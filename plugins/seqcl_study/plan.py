@@ -21,24 +21,20 @@ which is what lets a stopped study resume and several workers share it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqcl.config import Resolved, TrainOptions, flatten, resolve
+from seqcl.config import Resolved, TrainOptions, resolve
 from seqcl.data.loading import is_builtin
 from seqcl.errors import ConfigError, SeqclError
 from seqcl.registry import Registry
 
+from .confighash import config_hash, hashed_items
+from .reuse import finished_runs
 from .spec import Launch, StudySpec, merge_into
-
-#: Config keys that do not change a run's results; left out of the config hash,
-#: so moving a study to a GPU or changing thread counts does not invalidate it.
-UNHASHED = ("run.", "train.device", "train.threads", "data.cache_dir", "eval.batch_size")
 
 
 @dataclass(frozen=True)
@@ -112,24 +108,6 @@ def format_value(value: Any) -> str:
 def run_name(variant: str, values: dict[str, Any], seed: int) -> str:
     parts = [slug(variant)] + [slug(f"{k}={format_value(v)}") for k, v in values.items()] + [f"s{seed}"]
     return "__".join(parts)
-
-
-def config_hash(tree: dict[str, Any], launch: Launch = Launch()) -> str:
-    """Hash of the resolved config without the keys in :data:`UNHASHED`, and of a torchrun launch."""
-    flat = hashed_items(tree, launch)
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def hashed_items(tree: dict[str, Any], launch: Launch = Launch()) -> dict[str, Any]:
-    """The flattened config entries that enter :func:`config_hash` (stored for diffs).
-
-    ``launch.nproc_per_node`` only for a torchrun job: a one-process run's
-    entries (and hash) are those of its config alone.
-    """
-    flat = {k: v for k, v in flatten(tree).items() if not k.startswith(UNHASHED)}
-    if launch.torchrun:
-        flat["launch.nproc_per_node"] = launch.nproc_per_node
-    return flat
 
 
 #: hashed entries that mean something when absent: a run without ``launch.nproc_per_node`` ran in one process
@@ -221,8 +199,6 @@ def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "run
     if spec.mode == "search":
         _probe_search(spec, registry, runs_dir, seeds[0], metric)
         return Plan(spec, study_dir, [], seeds, metric)
-    from .reuse import finished_runs  # here: reuse imports this module
-
     reusable = finished_runs(spec.reuse)
     seen: dict[str, str] = {}
     by_hash: dict[str, str] = {}

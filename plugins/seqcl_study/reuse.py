@@ -5,7 +5,7 @@ reading chosen as the default, at seed 1), and a Beauty run to early stopping
 takes hours. A study's ``reuse:`` folders (and ``--reuse DIR``) are searched
 when it is planned: a run there counts when it is finished — ``summary.json``
 in a final run dir (not ``<run>.incomplete``), no ``failed.json`` — and its
-saved ``config.yaml`` has the cell's :func:`~seqcl_study.plan.config_hash`
+saved ``config.yaml`` has the cell's :func:`~seqcl_study.confighash.config_hash`
 (the UNHASHED keys such as ``train.threads`` are ignored; the seed and a
 torchrun job's process count, its ``world_size``, are not).
 
@@ -30,7 +30,7 @@ from seqcl.errors import DataError
 from seqcl.runs import FAILED, INCOMPLETE
 
 from .files import read_json, read_yaml
-from .plan import config_hash
+from .confighash import config_hash
 from .spec import Launch
 
 #: written into a copied run: ``{"source": <run dir>, "study": <its study>, "run": <its run name>}``

@@ -172,7 +172,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runners = []
     for arm in arms:
         print(f"building {arm.label}", file=sys.stderr)
-        runners.append(Runner(arm, args.dataset, args.extra, plugins, args.batches, args.batch_size))
+        runner = Runner(arm, args.dataset, args.extra, plugins, args.batches, args.batch_size)
+        if callable(getattr(runner.model.augmenter, "optim_plan", None)):
+            # several optimiser steps per batch: one backward + step would not be its step
+            print(f"skipping {arm.label}: it declares an optimisation plan (time it with benchmarks/stages.py)",
+                  file=sys.stderr)
+            continue
+        runners.append(runner)
     flops = [r.flops() for r in runners]
     for r in runners:  # warm-up: one pass each
         r.run(record=False)

@@ -1,6 +1,7 @@
 """Resident memory (VmRSS / VmHWM) over a training run, in-process, per epoch and per N batches.
 
     python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 4 --max-batches 200
+    python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 6 --plot memory.png   # whole epochs + validation
     python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
     python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
     SEQCL_MALLOC=default python benchmarks/memory.py ...    # glibc's default malloc settings (the "before")
@@ -68,6 +69,27 @@ def live_objects() -> dict[str, float]:
     return {"objects": len(objs), "tensors": len(tensors), "tensor_mb": round(nbytes / 2**20, 1)}
 
 
+def plot(log: list[dict], path: Path, title: str) -> None:
+    """RSS and VmHWM against optimizer steps over the whole run, validation passes marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from seqcl_study.figure import save_png
+
+    steps_per_epoch = max((s["batch"] for s in log if s["phase"] == "after_train"), default=1)
+    x = [(s["epoch"] - 1) * steps_per_epoch + s["batch"] if s["epoch"] else 0 for s in log]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(x, [s["rss_mb"] for s in log], label="VmRSS")
+    ax.plot(x, [s["hwm_mb"] for s in log], label="VmHWM (peak)", linestyle="--")
+    evals = [xi for xi, s in zip(x, log) if s["phase"] == "after_eval"]
+    ax.scatter(evals, [s["rss_mb"] for s in log if s["phase"] == "after_eval"], marker="v", label="after validation")
+    ax.set(xlabel="optimizer step", ylabel="MiB", title=f"resident memory over the run ({title})")
+    ax.legend()
+    save_png(fig, path, {"step": x, "rss_mb": [s["rss_mb"] for s in log], "hwm_mb": [s["hwm_mb"] for s in log]})
+    print(f"wrote {path}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)
@@ -82,6 +104,7 @@ def main() -> None:
                     help="after each epoch, also count live Python objects and tensors (gc)")
     ap.add_argument("--set", dest="extra", action="append", default=[])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None, help="PNG of RSS and VmHWM over the run (samples embedded as JSON)")
     ap.add_argument("--max-growth-mb", type=float, default=None,
                     help="exit 1 if RSS grows by more than this from the end of epoch 1 to the end")
     args = ap.parse_args()
@@ -138,6 +161,8 @@ def main() -> None:
             print(log[-1], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "samples": log}, indent=1))
+    if args.plot:
+        plot(log, Path(args.plot), f"{args.augmenter}, {Path(args.dataset).name}")
     if args.max_growth_mb is not None:
         base = next(s["rss_mb"] for s in log if s["epoch"] == 1 and s["phase"] != "train")
         growth = log[-1]["rss_mb"] - base

@@ -131,3 +131,17 @@ def heap_stats() -> dict[str, int]:
         return {}
     m = f()
     return {"heap": m.arena, "mmap": m.hblkhd, "in_use": m.uordblks, "free": m.fordblks}
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM (Linux: ``5`` to ``/proc/self/clear_refs``); True when done.
+
+    Why: a study worker trains run after run in one process, so without a reset each
+    run's ``summary.json`` ``peak_rss_mb`` would be the highest of every run before it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True

@@ -32,7 +32,7 @@ from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
 from seqcl.lifecycle import Callbacks, fit_context
 from seqcl.loggers import LoggerContext, Loggers
-from seqcl.memory import limit_heap_growth
+from seqcl.memory import limit_heap_growth, reset_peak_rss
 from seqcl.optimplan import PlanRunner, adam, declared_plan
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
@@ -550,6 +550,7 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
     """Set up (data, model, optimizer, or the checkpoint's state), then fit; ``run`` None: a new run dir."""
     t = resolved.train
     limit_heap_growth()  # RSS would otherwise grow over the run (seqcl.memory)
+    reset_peak_rss()  # summary.json's peak_rss_mb is this run's, not an earlier run's in this process
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.metric not in _metric_names(resolved):

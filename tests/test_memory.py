@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,38 @@ def test_seqcl_entry_reexecutes_with_the_tunables() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"restarted {MALLOC_TUNABLES}\n")
     assert out.stdout.count("restarted") == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_reset_peak_rss_forgets_an_earlier_peak() -> None:
+    """A study worker's second run must not report its first run's peak (summary.json peak_rss_mb)."""
+    from seqcl.memory import reset_peak_rss
+    from seqcl.training import peak_rss_mb
+
+    before = peak_rss_mb()
+    buf = bytearray(256 * 2**20)
+    buf[:: 4096] = b"x" * len(buf[:: 4096])  # touch every page: resident
+    high = peak_rss_mb()
+    del buf
+    assert high >= before + 200
+    assert reset_peak_rss()
+    assert peak_rss_mb() < high - 200
+
+
+def test_a_run_resets_the_peak_first(monkeypatch, tmp_path) -> None:
+    """``seqcl.training.train`` resets VmHWM as the run starts, so its summary's peak is its own."""
+    import seqcl.training as training
+    from seqcl.config import resolve
+    from seqcl.plugins import load_plugins
+
+    class Reset(Exception):
+        pass
+
+    def reset() -> bool:
+        raise Reset
+
+    plugins = load_plugins()
+    resolved = resolve(plugins.registry, overrides=[("dataset", "builtin"), ("run.dir", str(tmp_path))])
+    monkeypatch.setattr(training, "reset_peak_rss", reset)
+    with pytest.raises(Reset):
+        training.train(resolved, plugins)

@@ -96,11 +96,19 @@ def test_cells_names_order_aliases_and_overrides(registry, tmp_path):
     assert [c.config_hash for c in again.cells] == [c.config_hash for c in plan.cells]  # deterministic
 
 
-@pytest.mark.parametrize("name, runs, trained", [
+EXAMPLE_COUNTS = [  # study file, runs, runs trained
     ("aclsrec-ablation.yaml", 36, 36), ("aclsrec-sensitivity.yaml", 69, 57), ("compare-augmenters.yaml", 21, 21),
     ("tiny.yaml", 8, 8), ("beauty-search-coarse.yaml", 16, 16), ("beauty-main.yaml", 18, 18),
-    ("table2-beauty.yaml", 27, 27), ("beauty-search-fine.yaml", 7, 7),
-])
+    ("table2-beauty.yaml", 27, 27), ("beauty-search-fine.yaml", 7, 7), ("baselines-beauty-smoke.yaml", 5, 5),
+]
+EXAMPLE_STUDIES = [name for name, _, _ in EXAMPLE_COUNTS]
+
+
+def test_every_example_study_is_validated():
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(EXAMPLE_STUDIES)
+
+
+@pytest.mark.parametrize("name, runs, trained", EXAMPLE_COUNTS)
 def test_example_studies_validate(registry, tmp_path, name, runs, trained):
     plan = build_plan(load_spec(EXAMPLES / name, ["dataset=builtin"]), registry, tmp_path)
     assert (len(plan.cells), len(plan.trained)) == (runs, trained)

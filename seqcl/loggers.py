@@ -19,7 +19,9 @@ Records (plain dicts, floats): a step record is ``{"step", "epoch", "loss":
 {name: value}, "total"}`` (``loss`` holds ``main`` and each term, unweighted;
 ``total`` is the weighted sum that was minimised); an epoch record is the
 ``metrics.jsonl`` line (``epoch``, ``loss``, ``skipped``, ``valid``,
-``train_seconds``, ``seconds``, ``world_size``: the number of torchrun ranks, 1 without) plus ``step``, the global step at the epoch's
+``train_seconds``, ``seconds``, ``world_size``: the number of torchrun ranks, 1 without;
+``rss_mb``, ``peak_rss_mb``: resident memory at the epoch's end and its peak so far,
+MiB, None off Linux) plus ``step``, the global step at the epoch's
 end, so step and epoch curves share one x-axis. Steps are numbered from 1 over
 the whole run: epoch ``e``'s ``b``-th batch is step ``(e - 1) * batches_per_epoch + b``,
 the same after a resume.

@@ -32,7 +32,7 @@ from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
 from seqcl.lifecycle import Callbacks, fit_context
 from seqcl.loggers import LoggerContext, Loggers
-from seqcl.memory import limit_heap_growth, reset_peak_rss
+from seqcl.memory import limit_heap_growth, peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
 from seqcl.optimplan import PlanRunner, adam, declared_plan
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
@@ -730,6 +730,7 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
             train_seconds = time.perf_counter() - epoch_start
             losses = {name: float(value) / n_batches for name, value in sums.items()}
             valid = _evaluate(model, valid_set, resolved, device).metrics
+            trim_heap()  # fragmentation's free pages back to the OS each epoch (seqcl.memory)
             seconds = time.perf_counter() - epoch_start
             score = valid[t.metric]
             improved = score > state.best_score
@@ -745,7 +746,8 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
                 log(f"warning: epoch {epoch}: {warning}")
             records.append({"epoch": epoch, "loss": losses, "skipped": skipped, "valid": valid,
                             "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3),
-                            "world_size": distributed.world().size})
+                            "world_size": distributed.world().size,
+                            "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()})  # memory over epochs (rank 0's)
             run.write_jsonl("metrics.jsonl", records)
             if improved:
                 run.save(BEST, best_state)
@@ -796,22 +798,6 @@ def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int,
 
 #: what a run in stages uses to train each stage (seqcl.stages cannot import this module)
 _SINGLE = stages.SingleRun(train, resume, _new_run_dir, TrainResult.from_summary)
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory (VmHWM) in MiB, where the OS reports it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except (ImportError, OSError):
-        return None
 
 def format_table(result: TrainResult) -> str:
     """A plain-text metrics table for stdout (the metrics' own order: hr, ndcg, mrr per K)."""

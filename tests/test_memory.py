@@ -119,7 +119,7 @@ def test_seqcl_entry_reexecutes_with_the_tunables() -> None:
 def test_reset_peak_rss_forgets_an_earlier_peak() -> None:
     """A study worker's second run must not report its first run's peak (summary.json peak_rss_mb)."""
     from seqcl.memory import reset_peak_rss
-    from seqcl.training import peak_rss_mb
+    from seqcl.memory import peak_rss_mb
 
     before = peak_rss_mb()
     buf = bytearray(256 * 2**20)
@@ -129,6 +129,24 @@ def test_reset_peak_rss_forgets_an_earlier_peak() -> None:
     assert high >= before + 200
     assert reset_peak_rss()
     assert peak_rss_mb() < high - 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_trim_heap_returns_fragmented_free_memory() -> None:
+    """Free chunks between live ones stay resident until trimmed: what a training epoch leaves."""
+    from seqcl.memory import rss_mb, trim_heap
+
+    if os.environ.get("SEQCL_MALLOC") == "default" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    blocks: list[bytearray | None] = [bytearray(64 * 1024) for _ in range(2000)]  # heap chunks, 125 MiB
+    for block in blocks:
+        assert block is not None
+        block[:: 4096] = b"x" * len(block[:: 4096])
+    for i in range(0, len(blocks), 2):
+        blocks[i] = None  # half freed, each between two live chunks: nothing to trim from the top
+    before = rss_mb()
+    assert trim_heap()
+    assert before is not None and rss_mb() < before - 40
 
 
 def test_a_run_resets_the_peak_first(monkeypatch, tmp_path) -> None:

@@ -93,11 +93,11 @@ def interrupt_after(epoch: int):
 
 
 def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the timings (they differ between any two runs)."""
+    """metrics.jsonl without the timings and memory readings (they differ between any two runs)."""
     out = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out.append({k: v for k, v in rec.items() if "seconds" not in k})
+        out.append({k: v for k, v in rec.items() if "seconds" not in k and "rss" not in k})
     return out
 
 

@@ -1,6 +1,7 @@
 """Training: determinism, run directory, early stopping, term bookkeeping, exactness of trimming."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,9 @@ def test_same_seed_same_metrics_and_run_dir(plugins, tmp_path, tiny_file):
     assert summary["test"] == pytest.approx(a.test) and summary["best_epoch"] == a.best_epoch
     lines = (a.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    if Path("/proc/self/status").exists():  # memory over epochs, as VmRSS / VmHWM report it
+        rows = [json.loads(x) for x in lines]
+        assert all(0 < row["rss_mb"] <= row["peak_rss_mb"] <= summary["peak_rss_mb"] for row in rows)
     assert yaml.safe_load((a.run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
     ranks = torch.load(a.run_dir / "ranks.pt", weights_only=True)
     assert ranks["test"].shape == (300,)

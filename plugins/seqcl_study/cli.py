@@ -108,6 +108,9 @@ def study() -> None:
 @click.option("--reuse", "reuse_dirs", multiple=True, metavar="DIR",
               help="Another study folder (runs/<study>) whose finished runs with an identical config are copied "
                    "instead of trained (repeatable; added to the file's reuse:).")
+@click.option("--seeds", "only_seeds", metavar="S[,S…]",
+              help="Run only these of the file's seeds now (e.g. 1: one seed of every arm first); "
+                   "a later call without it runs the rest.")
 @click.option("--dry-run", is_flag=True, help="Check every run's config and list the runs; train nothing.")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=30, show_default=True,
@@ -116,16 +119,18 @@ def study() -> None:
               help="Import an uninstalled module as a plugin (repeatable).")
 @click.pass_context
 def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers: int, storage: str | None,
-            runs_dir: str, name: str | None, reuse_dirs: tuple[str, ...], dry_run: bool, no_report: bool,
-            heartbeat_s: int, plugin_modules: tuple[str, ...]) -> None:
+            runs_dir: str, name: str | None, reuse_dirs: tuple[str, ...], only_seeds: str | None, dry_run: bool,
+            no_report: bool, heartbeat_s: int, plugin_modules: tuple[str, ...]) -> None:
     """Run every run of the study FILE that is not finished yet, then write the report."""
     require_extra("study")
     from seqcl.cli import load
 
     from .plan import build_plan
-    from .spec import load_spec
+    from .spec import load_spec, select_seeds
 
     spec = load_spec(file, assignments, name, reuse_dirs)
+    if only_seeds is not None:
+        spec = select_seeds(spec, only_seeds)
     loaded = load(tuple(plugin_modules))
     plan = build_plan(spec, loaded.registry, runs_dir)
     if dry_run:

@@ -30,7 +30,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,29 @@ def _check_references(refs: Any, variants: dict[str, Variant], source: str) -> d
                 raise _err(source, f"references: {vname}: {key} must be a number, got {value!r}")
         out[str(vname)] = {k: (v if k == "source" else float(v)) for k, v in body.items()}
     return out
+
+
+def select_seeds(spec: StudySpec, text: str) -> StudySpec:
+    """``spec`` with only the seeds ``text`` names (``--seeds 1`` / ``--seeds 1,3``), each one of ``seeds:``.
+
+    Why: runs are ordered seed by seed, but a study that takes days is best run one seed of
+    every arm first (a whole preliminary table), and costly arms may get fewer seeds. Runs are
+    named by seed, so a later call with other seeds (or none) adds to the same study.
+    """
+    where = f"study {spec.source}: --seeds {text}"
+    try:
+        chosen = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{where}: not a comma-separated list of integers") from None
+    if not spec.seeds:
+        raise ConfigError(f"{where}: the file has no seeds: list to choose from")
+    if spec.mode == "search":
+        raise ConfigError(f"{where}: a search averages every trial over all its seeds; set seeds: in the file")
+    missing = [s for s in chosen if s not in spec.seeds]
+    if missing:
+        raise ConfigError(f"{where}: {', '.join(map(str, missing))} not among the file's seeds "
+                          f"{', '.join(map(str, spec.seeds))}")
+    return replace(spec, seeds=[s for s in spec.seeds if s in chosen])
 
 
 def load_spec(path: str | Path, assignments: list[str] | tuple[str, ...] = (), name: str | None = None,

@@ -152,6 +152,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown key 'train.epochz'" in capsys.readouterr().err
 
 
+def test_seeds_option_runs_a_subset_of_the_files_seeds(tmp_path, capsys):
+    ok = write_spec(tmp_path / "ok.yaml", "builtin", variants={"x": {"augmenter": "none"}}, seeds=[1, 2, 3])
+    code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--seeds", "3,1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "x__s1" in out and "x__s3" in out and "x__s2" not in out and "2 runs to train" in out
+    for bad, says in (("4", "--seeds 4: 4 not among the file's seeds 1, 2, 3"),
+                      ("1,b", "--seeds 1,b: not a comma-separated list of integers")):
+        code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--seeds", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1
+
+
 def test_config_diff_separates_changes_from_new_options():
     assert config_diff({"a": 1, "b": 2, "old": 0}, {"a": 1, "b": 3, "new": 0}) == (["b"], ["new", "old"])
     assert config_diff({"a": 1}, {"a": 1}) == ([], [])

@@ -109,8 +109,10 @@ def study() -> None:
               help="Another study folder (runs/<study>) whose finished runs with an identical config are copied "
                    "instead of trained (repeatable; added to the file's reuse:).")
 @click.option("--seeds", "only_seeds", metavar="S[,S…]",
-              help="Run only these of the file's seeds now (e.g. 1: one seed of every arm first); "
-                   "a later call without it runs the rest.")
+              help="Train only these of the file's seeds now (e.g. 1: one seed of every arm first); "
+                   "a later call without it trains the rest.")
+@click.option("--variants", "only_variants", metavar="NAME[,NAME…]",
+              help="Train only these variants now; the study (report) stays the whole file.")
 @click.option("--dry-run", is_flag=True, help="Check every run's config and list the runs; train nothing.")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=30, show_default=True,
@@ -119,20 +121,22 @@ def study() -> None:
               help="Import an uninstalled module as a plugin (repeatable).")
 @click.pass_context
 def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers: int, storage: str | None,
-            runs_dir: str, name: str | None, reuse_dirs: tuple[str, ...], only_seeds: str | None, dry_run: bool,
-            no_report: bool, heartbeat_s: int, plugin_modules: tuple[str, ...]) -> None:
+            runs_dir: str, name: str | None, reuse_dirs: tuple[str, ...], only_seeds: str | None,
+            only_variants: str | None, dry_run: bool, no_report: bool, heartbeat_s: int,
+            plugin_modules: tuple[str, ...]) -> None:
     """Run every run of the study FILE that is not finished yet, then write the report."""
     require_extra("study")
     from seqcl.cli import load
 
     from .plan import build_plan
-    from .spec import load_spec, select_seeds
+    from .spec import load_spec, parse_selection
 
     spec = load_spec(file, assignments, name, reuse_dirs)
-    if only_seeds is not None:
-        spec = select_seeds(spec, only_seeds)
+    selection = None
+    if only_seeds is not None or only_variants is not None:
+        selection = parse_selection(spec, only_seeds, only_variants)
     loaded = load(tuple(plugin_modules))
-    plan = build_plan(spec, loaded.registry, runs_dir)
+    plan = build_plan(spec, loaded.registry, runs_dir, selection)
     if dry_run:
         if spec.mode == "search":
             click.echo(f"study {spec.name}: search, {spec.trials} trials × {len(plan.seeds)} seeds, "
@@ -142,7 +146,11 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
             reused = sum(c.reuse is not None for c in plan.trained)
             todo = f"{len(plan.trained) - reused} runs to train" + (f", {reused} to reuse" if reused else "")
             click.echo(f"study {spec.name}: {todo} ({len(plan.cells)} table cells), every config checked")
+            now = {c.run for c in plan.trained}
             for cell in plan.cells:
+                if cell.run not in now and (cell.same_as or cell.run) not in now:
+                    click.echo(f"  {cell.run}  {cell.config_hash}  (not selected now)")
+                    continue
                 same = f"  (same config as {cell.same_as})" if cell.same_as else ""
                 same += f"  (reused from {cell.reuse})" if cell.reuse else ""
                 job = f"  (torchrun, {cell.nproc} processes)" if cell.nproc > 1 else ""

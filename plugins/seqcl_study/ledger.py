@@ -8,8 +8,9 @@ sampled configuration over all seeds (search studies).
 Exactly-once for grids. Optuna's ``GridSampler`` alone may run a grid point
 twice when workers race, and it counts failed points as visited (see
 ``GridSampler._get_unvisited_grid_ids``). So every grid run is *enqueued* as a
-WAITING trial (fixed param ``run``; the study's sampler is still a GridSampler
-over the run names) and a worker claims one by moving it WAITING → RUNNING with
+WAITING trial (its run name in the user attribute ``run``, not an Optuna param:
+a categorical param's choices may never change, and a study grows — a variant
+added to its file, ``--seeds 1`` then the rest) and a worker claims one by moving it WAITING → RUNNING with
 ``storage.set_trial_state_values``, which refuses a trial that is no longer
 WAITING. All enqueueing and claiming additionally happens under a study-wide
 lock — a file lock beside a SQLite file (pysqlite reads outside transactions,
@@ -450,9 +451,6 @@ class Ledger:
                 continue
             self.storage.set_trial_user_attr(t._trial_id, "worker", worker_id())
             self.storage.record_heartbeat(t._trial_id)  # detectable as stale even if killed before its first beat
-            if run in self.run_names:  # the grid point as an Optuna param, as GridSampler would set it
-                dist = optuna.distributions.CategoricalDistribution(self.run_names)
-                self.storage.set_trial_param(t._trial_id, "run", dist.to_internal_repr(run), dist)
             return Claim(t._trial_id, t.number, run)
         return None
 

@@ -34,7 +34,7 @@ from seqcl.registry import Registry
 
 from .confighash import config_hash, hashed_items
 from .reuse import finished_runs
-from .spec import Launch, StudySpec, merge_into
+from .spec import Launch, Selection, StudySpec, merge_into
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class Plan:
     metric: str  # headline metric, e.g. "mrr@10"
     #: run → its resolved config, flattened, without the UNHASHED keys (stored in the ledger for diffs)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: the runs this call trains (``--seeds``/``--variants``); None: every cell. ``cells`` stays whole.
+    selected: frozenset[str] | None = None
 
     @property
     def runs_dir(self) -> Path:
@@ -84,8 +86,12 @@ class Plan:
 
     @property
     def trained(self) -> list[Cell]:
-        """The cells that are actually trained (not aliases of an identical earlier run)."""
-        return [c for c in self.cells if c.same_as is None]
+        """The cells this call trains: not aliases of an identical earlier run, and selected
+        (with the run a selected alias stands for)."""
+        if self.selected is None:
+            return [c for c in self.cells if c.same_as is None]
+        needed = {c.same_as or c.run for c in self.cells if c.run in self.selected}
+        return [c for c in self.cells if c.same_as is None and c.run in needed]
 
     def by_run(self) -> dict[str, Cell]:
         return {c.run: c for c in self.trained}
@@ -183,8 +189,10 @@ def check_config(registry: Registry, tree: dict[str, Any], where: str, source: s
     return resolved
 
 
-def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "runs") -> Plan:
-    """Expand ``spec`` into cells and check every run's config (nothing is trained or written)."""
+def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "runs",
+               selection: Selection | None = None) -> Plan:
+    """Expand ``spec`` into cells and check every run's config (nothing is trained or written);
+    ``selection`` narrows what is trained, not the study."""
     study_dir = Path(runs_root) / spec.name
     runs_dir = study_dir / "runs"
     first = next(iter(spec.variants))
@@ -224,7 +232,8 @@ def build_plan(spec: StudySpec, registry: Registry, runs_root: str | Path = "run
                                       None if source is None else str(source), launch.nproc_per_node))
                     by_hash.setdefault(digest, name)
                     configs[name] = hashed_items(resolved.tree, launch)
-    return Plan(spec, study_dir, cells, seeds, metric, configs)
+    selected = None if selection is None else frozenset(c.run for c in cells if selection.takes(c.variant, c.seed))
+    return Plan(spec, study_dir, cells, seeds, metric, configs, selected)
 
 
 def _probe_search(spec: StudySpec, registry: Registry, runs_dir: Path, seed: int, metric: str) -> None:

@@ -30,7 +30,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -451,27 +451,50 @@ def _check_references(refs: Any, variants: dict[str, Variant], source: str) -> d
     return out
 
 
-def select_seeds(spec: StudySpec, text: str) -> StudySpec:
-    """``spec`` with only the seeds ``text`` names (``--seeds 1`` / ``--seeds 1,3``), each one of ``seeds:``.
+@dataclass(frozen=True)
+class Selection:
+    """The runs one call trains (``--seeds``, ``--variants``); None: all of them."""
 
-    Why: runs are ordered seed by seed, but a study that takes days is best run one seed of
-    every arm first (a whole preliminary table), and costly arms may get fewer seeds. Runs are
-    named by seed, so a later call with other seeds (or none) adds to the same study.
+    seeds: tuple[int, ...] | None = None
+    variants: tuple[str, ...] | None = None
+
+    def takes(self, variant: str, seed: int) -> bool:
+        return (self.seeds is None or seed in self.seeds) and (self.variants is None or variant in self.variants)
+
+
+def parse_selection(spec: StudySpec, seeds: str | None = None, variants: str | None = None) -> Selection:
+    """Check ``--seeds 1,3`` against the file's ``seeds:`` and ``--variants a,b`` against its variants.
+
+    Why: a study that takes days is best run one seed of every arm first (a whole preliminary
+    table), and a costly arm may get fewer seeds or wait for a faster machine. The study stays
+    the whole file (``study.json``, the report); only what this call trains is narrowed, and a
+    later call without the options trains the rest.
     """
-    where = f"study {spec.source}: --seeds {text}"
-    try:
-        chosen = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{where}: not a comma-separated list of integers") from None
-    if not spec.seeds:
-        raise ConfigError(f"{where}: the file has no seeds: list to choose from")
-    if spec.mode == "search":
-        raise ConfigError(f"{where}: a search averages every trial over all its seeds; set seeds: in the file")
-    missing = [s for s in chosen if s not in spec.seeds]
-    if missing:
-        raise ConfigError(f"{where}: {', '.join(map(str, missing))} not among the file's seeds "
-                          f"{', '.join(map(str, spec.seeds))}")
-    return replace(spec, seeds=[s for s in spec.seeds if s in chosen])
+    if spec.mode == "search" and (seeds is not None or variants is not None):
+        raise ConfigError(f"study {spec.source}: --seeds/--variants select runs of a grid study; a search "
+                          "samples its trials (narrow seeds: or variants: in the file)")
+    chosen_seeds = chosen_variants = None
+    if seeds is not None:
+        where = f"study {spec.source}: --seeds {seeds}"
+        try:
+            chosen_seeds = tuple(int(part) for part in seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"{where}: not a comma-separated list of integers") from None
+        if not spec.seeds:
+            raise ConfigError(f"{where}: the file has no seeds: list to choose from")
+        missing = [str(s) for s in chosen_seeds if s not in spec.seeds]
+        if missing:
+            raise ConfigError(f"{where}: {', '.join(missing)} not among the file's seeds "
+                              f"{', '.join(map(str, spec.seeds))}")
+    if variants is not None:
+        chosen_variants = tuple(part.strip() for part in variants.split(","))
+        for name in chosen_variants:
+            if name not in spec.variants:
+                hint = difflib.get_close_matches(name, list(spec.variants), n=1)
+                did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"study {spec.source}: --variants {variants}: no variant {name!r}{did_you_mean}; "
+                                  f"the file has {', '.join(spec.variants)}")
+    return Selection(chosen_seeds, chosen_variants)
 
 
 def load_spec(path: str | Path, assignments: list[str] | tuple[str, ...] = (), name: str | None = None,

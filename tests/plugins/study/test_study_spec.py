@@ -152,14 +152,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown key 'train.epochz'" in capsys.readouterr().err
 
 
-def test_seeds_option_runs_a_subset_of_the_files_seeds(tmp_path, capsys):
-    ok = write_spec(tmp_path / "ok.yaml", "builtin", variants={"x": {"augmenter": "none"}}, seeds=[1, 2, 3])
-    code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--seeds", "3,1"])
+def test_seeds_and_variants_options_select_what_is_trained(tmp_path, capsys):
+    ok = write_spec(tmp_path / "ok.yaml", "builtin", seeds=[1, 2, 3],
+                    variants={"x": {"augmenter": "none"}, "y": {"augmenter": "crop"}})
+    code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--seeds", "3,1", "--variants", "y"])
     out = capsys.readouterr().out
-    assert code == 0 and "x__s1" in out and "x__s3" in out and "x__s2" not in out and "2 runs to train" in out
-    for bad, says in (("4", "--seeds 4: 4 not among the file's seeds 1, 2, 3"),
-                      ("1,b", "--seeds 1,b: not a comma-separated list of integers")):
-        code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), "--seeds", bad])
+    assert code == 0 and "2 runs to train (6 table cells)" in out
+    chosen = {line.split()[0] for line in out.splitlines()[1:] if "not selected" not in line}
+    assert chosen == {"y__s1", "y__s3"}
+    for flag, bad, says in (("--seeds", "4", "--seeds 4: 4 not among the file's seeds 1, 2, 3"),
+                            ("--seeds", "1,b", "--seeds 1,b: not a comma-separated list of integers"),
+                            ("--variants", "x,yy", "--variants x,yy: no variant 'yy' (did you mean 'y'?)")):
+        code = main(["study", str(ok), "--dry-run", "--runs-dir", str(tmp_path), flag, bad])
         err = capsys.readouterr().err
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1
 

@@ -2,7 +2,7 @@
 
 ``study`` is a group whose default subcommand is ``run``: ``seqcl study
 FILE.yaml …`` and ``seqcl study run FILE.yaml …`` are the same, and ``seqcl
-study report runs/<study>`` reports. Heavy imports (Optuna, SciPy, matplotlib,
+study report runs/<study>`` reports, ``seqcl study status runs/<study>`` shows where each run stands. Heavy imports (Optuna, SciPy, matplotlib,
 torch) happen inside the commands, so ``seqcl --help`` does not pay for them;
 each command first checks that the ``study`` extra it needs is installed
 (:func:`require_extra`).
@@ -193,6 +193,16 @@ def _not_done(missing: int, total: int, outcome: Any) -> str:
         parts.append(f"{rest} not started")
     return (f"not done: {missing} of {total} runs ({'; '.join(parts) or 'unknown'}); rerun the same command to "
             "finish them (a run whose worker died is retried once its heartbeat has stopped)")
+
+
+@study.command("status")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+def status_cmd(study_dir: str) -> None:
+    """Where each run of STUDY_DIR (runs/<study>) stands: finished, in progress (epochs, best valid
+    metric, epochs since it against the patience, s / epoch, RSS) or not started. Safe while it runs."""
+    from .status import format_status, study_status
+
+    click.echo(format_status(*study_status(study_dir)), nl=False)
 
 
 @study.command("report")

@@ -25,7 +25,7 @@ def test_augmenter_supplies_term_defaults_and_tau(registry):
     assert r.tree["loss"]["cl"]["weight"] == 0.1
     assert r.tree["loss"]["align"]["weight"] == 1.0
     assert r.tree["loss"]["boundary"]["weight"] == 0.005
-    assert r.term_options["cl"].tau == r.term_options["align"].tau == 0.5
+    assert r.term_options["cl"].tau == r.term_options["align"].tau == 1.0
     assert r.term_options["cl"].sim == r.term_options["boundary"].sim == "cos"
     assert r.objective == "ce" and r.tree["ce"] == {"include_pad_logit": False}
     assert r.tree["aclsrec"]["mlp_depth"] == 2
@@ -213,7 +213,7 @@ def test_tau_is_owned_by_each_term_and_tied_under_aclsrec(registry):
         r = resolve(registry, file_config, [("augmenter", "aclsrec"), *map(parse_assignment, overrides)])
         return r.term_options["cl"].tau, r.term_options["align"].tau
 
-    assert taus() == (0.5, 0.5)
+    assert taus() == (1.0, 1.0)
     assert taus("loss.cl.tau=0.3") == (0.3, 0.3)  # tied: one flag moves both
     assert taus("loss.align.tau=0.2") == (0.2, 0.2)
     assert taus("loss.cl.tau=0.3", "loss.align.tau=0.5") == (0.3, 0.5)  # set apart: untied

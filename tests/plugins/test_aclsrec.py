@@ -138,7 +138,7 @@ def test_ablation_rows_are_one_command_line(capsys, args, terms):
     assert main(["train", "--augmenter", "aclsrec", *args, "--dry-run"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["terms"] == terms
-    assert all(cfg["loss"][t]["tau"] == 0.5 for t in ("cl", "align") if t in cfg["loss"])  # the shipped τ
+    assert all(cfg["loss"][t]["tau"] == 1.0 for t in ("cl", "align") if t in cfg["loss"])  # the shipped τ
     assert all(cfg["loss"][t]["sim"] == "cos" for t in ("cl", "boundary") if t in cfg["loss"])
 
 

@@ -128,7 +128,7 @@ def test_ablation_rows_are_the_papers(registry, tmp_path):
         cl = r.tree["loss"].get("cl", {})
         terms[(cell.variant, cell.group["objective"])] = (r.augmenter, r.terms, negatives, cl.get("sim"), cl.get("tau"))
     for main_loss in ("ce", "sampled"):
-        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "cos", 0.5)
+        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "cos", 1.0)
         assert terms[("B-no-boundary", main_loss)][1] == ["cl", "align"]
         assert terms[("C-no-align", main_loss)][1] == ["cl", "boundary"]
         assert terms[("D-no-cl", main_loss)][1] == ["align", "boundary"]

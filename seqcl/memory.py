@@ -56,8 +56,21 @@ _applied = False
 MALLOC_TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0"
 
 
+@functools.cache
 def _glibc() -> bool:
+    """Once per process: ``platform.libc_ver`` scans the interpreter's binary, and the trainer asks every epoch."""
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, loaded once; None elsewhere or where it cannot be loaded."""
+    if not _glibc():
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def tunables_env(environ: Mapping[str, str]) -> str | None:
@@ -99,12 +112,12 @@ def limit_heap_growth() -> bool:
     if os.environ.get("SEQCL_MALLOC") == "default" or "MALLOC_MMAP_THRESHOLD_" in os.environ \
             or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    if not _glibc():
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
         _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
     return _applied
 
@@ -116,11 +129,12 @@ class _Mallinfo2(ctypes.Structure):
 
 @functools.cache
 def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
-    if not _glibc():
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        f = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+        f = libc.mallinfo2
+    except AttributeError:
         return None
     f.restype = _Mallinfo2
     return f
@@ -143,11 +157,12 @@ def trim_heap() -> bool:
     Costs milliseconds, so the trainer calls it once per epoch; values are untouched, only
     where free memory lives. Honours ``SEQCL_MALLOC=default`` (glibc exactly as it comes).
     """
-    if os.environ.get("SEQCL_MALLOC") == "default" or not _glibc():
+    libc = _libc()
+    if os.environ.get("SEQCL_MALLOC") == "default" or libc is None:
         return False
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
+        return bool(libc.malloc_trim(0))
+    except AttributeError:
         return False
 
 

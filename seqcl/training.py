@@ -799,6 +799,7 @@ def _step_logger(loggers: Loggers, epoch: int, per_epoch: int) -> Callable[[int,
 #: what a run in stages uses to train each stage (seqcl.stages cannot import this module)
 _SINGLE = stages.SingleRun(train, resume, _new_run_dir, TrainResult.from_summary)
 
+
 def format_table(result: TrainResult) -> str:
     """A plain-text metrics table for stdout (the metrics' own order: hr, ndcg, mrr per K)."""
     cols = sorted(result.test, key=lambda c: (("hr", "ndcg", "mrr").index(c.split("@")[0]), int(c.split("@")[1])))

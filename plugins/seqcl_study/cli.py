@@ -146,9 +146,8 @@ def run_cmd(ctx: click.Context, file: str, assignments: tuple[str, ...], workers
             reused = sum(c.reuse is not None for c in plan.trained)
             todo = f"{len(plan.trained) - reused} runs to train" + (f", {reused} to reuse" if reused else "")
             click.echo(f"study {spec.name}: {todo} ({len(plan.cells)} table cells), every config checked")
-            now = {c.run for c in plan.trained}
             for cell in plan.cells:
-                if cell.run not in now and (cell.same_as or cell.run) not in now:
+                if plan.selected is not None and cell.run not in plan.selected:
                     click.echo(f"  {cell.run}  {cell.config_hash}  (not selected now)")
                     continue
                 same = f"  (same config as {cell.same_as})" if cell.same_as else ""

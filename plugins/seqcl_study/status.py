@@ -10,6 +10,7 @@ so it is safe while the study runs.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,6 @@ class RunStatus:
         return self.epochs - self.best_epoch
 
 
-def _median(xs: list[float]) -> float | None:
-    xs = sorted(xs)
-    if not xs:
-        return None
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
-
-
 def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
     """The status of ``cell`` (a ``study.json`` cell) from ``runs_dir/<run>[.incomplete]``."""
     name = cell["run"]
@@ -66,7 +59,8 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
     if scored:
         top = max(scored, key=lambda r: r["valid"][metric])  # the first of equal scores: early stopping's best
         status.epochs, status.best, status.best_epoch = int(records[-1]["epoch"]), top["valid"][metric], top["epoch"]
-        status.seconds_per_epoch = _median([float(r["seconds"]) for r in records[-5:] if "seconds" in r])
+        seconds = [float(r["seconds"]) for r in records[-5:] if "seconds" in r]
+        status.seconds_per_epoch = statistics.median(seconds) if seconds else None
         status.rss_mb = records[-1].get("rss_mb")
     if (folder / "config.yaml").is_file():
         status.patience = (read_yaml(folder / "config.yaml").get("train") or {}).get("patience")

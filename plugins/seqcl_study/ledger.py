@@ -437,10 +437,18 @@ class Ledger:
                 f"({shown}{more}); give the study a new name (--name) or remove its ledger")
 
     def claim(self, runs: set[str]) -> Claim | None:
-        """Move one WAITING trial of ``runs`` to RUNNING and return it; None when none is left."""
+        """Move one WAITING trial of ``runs`` to RUNNING and return it; None when none is left.
+
+        Runs tried before (an interrupted or failed attempt) come first, oldest first:
+        an interrupted run resumes from its last epoch, so finishing it before starting
+        a new one leaves fewer half-trained runs when the study is stopped again.
+        """
         optuna = _optuna()
         TrialState = optuna.trial.TrialState
-        for t in sorted(self.trials((TrialState.WAITING,)), key=lambda t: t.number):
+        tried = {t.user_attrs.get("run") for t in self.trials((TrialState.FAIL,))}
+        waiting = sorted(self.trials((TrialState.WAITING,)),
+                         key=lambda t: (t.user_attrs.get("run") not in tried, t.number))
+        for t in waiting:
             run = t.user_attrs.get("run")
             if run not in runs:
                 continue

@@ -439,15 +439,19 @@ class Ledger:
     def claim(self, runs: set[str]) -> Claim | None:
         """Move one WAITING trial of ``runs`` to RUNNING and return it; None when none is left.
 
-        Runs tried before (an interrupted or failed attempt) come first, oldest first:
-        an interrupted run resumes from its last epoch, so finishing it before starting
-        a new one leaves fewer half-trained runs when the study is stopped again.
+        Runs are taken in the order they were first tried, so a run interrupted (or
+        failed) and enqueued again keeps its place ahead of the runs queued after it:
+        it resumes from its last epoch, and finishing it first leaves fewer half-trained
+        runs when the study is stopped again.
         """
         optuna = _optuna()
         TrialState = optuna.trial.TrialState
-        tried = {t.user_attrs.get("run") for t in self.trials((TrialState.FAIL,))}
+        first: dict[str, int] = {}
+        for t in self.trials():
+            run = t.user_attrs.get("run")
+            first[run] = min(first.get(run, t.number), t.number)
         waiting = sorted(self.trials((TrialState.WAITING,)),
-                         key=lambda t: (t.user_attrs.get("run") not in tried, t.number))
+                         key=lambda t: (first[t.user_attrs.get("run")], t.number))
         for t in waiting:
             run = t.user_attrs.get("run")
             if run not in runs:

@@ -127,22 +127,28 @@ def test_stale_running_run_is_failed_and_retried(tmp_path, tiny_file, plugins):
     assert states(plan.study_dir) == {"a__s1": ["FAIL", "COMPLETE"]}
 
 
-def test_an_interrupted_run_is_claimed_before_new_ones(tmp_path, tiny_file, plugins):
-    """A run stopped mid-way is enqueued again behind the never-started ones; it must still
-    be taken first, or every restart would leave two more half-trained runs behind."""
+def test_interrupted_runs_keep_their_place_in_the_queue(tmp_path, tiny_file, plugins):
+    """A run stopped mid-way is enqueued again behind the never-started ones; it must still be
+    taken in the order runs were first tried, or every restart would leave two more
+    half-trained runs behind (and a run stopped twice would fall behind one stopped once)."""
+    from optuna.trial import TrialState
+
     spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1, 2, 3])
     plan = build_plan(load_spec(spec), plugins.registry, tmp_path)
     plan.study_dir.mkdir(parents=True)
     runs = {"a__s1", "a__s2", "a__s3"}
-    from optuna.trial import TrialState
     ledger = Ledger(default_url(plan.study_dir), "t", sorted(runs))
+
+    def stop(claim):  # Ctrl-C: the trial fails, and the next call enqueues the run again
+        ledger.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+
     with ledger.lock():
         ledger.sync(plan.trained, plan.configs)
-        first = ledger.claim(runs)
-    assert first.run == "a__s1"
-    ledger.storage.set_trial_state_values(first.trial_id, TrialState.FAIL)  # Ctrl-C: the trial fails
-    with ledger.lock():
-        assert ledger.sync(plan.trained, plan.configs) == 1  # enqueued again, after a__s2 and a__s3
+        s1, s2 = ledger.claim(runs), ledger.claim(runs)
+        stop(s1), stop(s2)
+        assert ledger.sync(plan.trained, plan.configs) == 2
+        stop(ledger.claim(runs))  # a__s1 again: stopped twice, enqueued last of all
+        assert ledger.sync(plan.trained, plan.configs) == 1
         assert [ledger.claim(runs).run for _ in range(3)] == ["a__s1", "a__s2", "a__s3"]
 
 

@@ -507,9 +507,8 @@ def run_study(plan: Plan, plugins: LoadedPlugins, *, storage: str | None = None,
         for note in ledger.notes[:5]:
             log(f"[study {plan.spec.name}] note: {note}")
         progress = ledger.progress(plan.trained)
-        shared = len(plan.cells) - len(plan.trained)
-        log(f"[study {plan.spec.name}] {len(plan.trained)} runs{f' (+{shared} sharing an identical run)' if shared else ''}: "
-            f"{progress.done} done, {progress.running} running elsewhere, {added} queued | ledger {redact(url)}")
+        log(f"[study {plan.spec.name}] {_count_runs(plan)}: {progress.done} done, {progress.running} running "
+            f"elsewhere, {added} queued | ledger {redact(url)}")
     else:
         log(f"[study {plan.spec.name}] search: {plan.spec.trials} trials × {len(plan.seeds)} seeds | "
             f"ledger {redact(url)}")
@@ -521,6 +520,18 @@ def run_study(plan: Plan, plugins: LoadedPlugins, *, storage: str | None = None,
     progress = ledger.progress(plan.trained or None, plan.spec.trials or None)
     return StudyOutcome(plan, progress, failures(ledger, plan), time.perf_counter() - started, url,
                         still_running(ledger, plan))
+
+
+def _count_runs(plan: Plan) -> str:
+    """``12 runs (+2 sharing an identical run, 6 not selected now)``: what this call trains, and why
+    the study's other cells are not counted."""
+    in_scope = [c for c in plan.cells if plan.selected is None or c.run in plan.selected]
+    shared = sum(c.same_as is not None for c in in_scope)
+    left_out = len(plan.cells) - len(in_scope)
+    extra = [f"+{shared} sharing an identical run"] if shared else []
+    extra += [f"{left_out} not selected now"] if left_out else []
+    n = len(plan.trained)
+    return f"{n} run{'s' if n != 1 else ''}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def still_running(ledger: Ledger, plan: Plan) -> list[str]:

@@ -47,12 +47,15 @@ def test_a_study_grows_seeds_first_then_a_new_variant(tmp_path, tiny_file, monke
     monkeypatch.setattr(training, "train", counted)
     args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
     assert main([*args, "--seeds", "1"]) == 0 and calls == ["a__s1"]
+    assert "[study t] 1 run (1 not selected now): 0 done" in capsys.readouterr().err
     cells = json.loads((study / "study.json").read_text())["cells"]
     assert [c["run"] for c in cells] == ["a__s1", "a__s2"]
     assert main([*args, "--seeds", "1"]) == 0 and calls == ["a__s1"]  # done: nothing trains
     assert main(args) == 0 and calls == ["a__s1", "a__s2"]
     write_spec(spec, tiny_file, variants={"a": {"augmenter": "none"}, "b": {"augmenter": "crop"}}, seeds=[1, 2])
+    capsys.readouterr()
     assert main([*args, "--variants", "b", "--seeds", "2"]) == 0 and calls[2:] == ["b__s2"]
+    assert "[study t] 1 run (3 not selected now): 0 done" in capsys.readouterr().err
     assert main(args) == 0 and calls[3:] == ["b__s1"]
     assert states(study) == {r: ["COMPLETE"] for r in ("a__s1", "a__s2", "b__s2", "b__s1")}
     capsys.readouterr()

@@ -29,6 +29,10 @@ drawn at random instead (unit rows): the step's cost does not depend on them.
 main pass and six shifted filters; MCLRec's plan steps computing every part;
 ELCRec's argmin with autograd recording), on the same batches, alternated with
 the other arms: before and after measured side by side, under the same load.
+With ``--encoder bert4rec`` (every arm on that encoder), ``none plain`` is
+BERT4Rec on the padded layout, the path before its packed one:
+
+    python benchmarks/stages.py --encoder bert4rec --augmenters none --plain
 """
 
 from __future__ import annotations
@@ -77,12 +81,12 @@ def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time,
     if terms and model.augmenter.hidden_slots != "none":
         h_in, hidden = main_pass(model.encoder, model.augmenter, batch.items)
         h = hidden[:, -1]
-    elif wants_main:
+    elif wants_main and model.objective.uses_main_pass:  # as training_step: BERT4Rec's cloze runs its own pass
         h = model.encoder.encode(batch.items)
     lap("main pass")
     total, values = None, {}
     if wants_main:
-        total = values["main"] = model.objective(model.encoder, batch, h)
+        total = values["main"] = model.objective(model.encoder, batch, h if model.objective.uses_main_pass else None)
     lap("objective")
     if terms:
         views = model.augmenter(batch, model.encoder, h_in, hidden)
@@ -165,6 +169,8 @@ def make_plain(runner: Runner) -> None:
         runner.every_part = True  # every plan step computes the main pass, CE and every term
     elif name == "elcrec":
         runner.patch = recorded_argmin
+    elif name == "none" and getattr(model.encoder, "layout_mode", None) == "auto":  # BERT4Rec
+        model.encoder.layout_mode = "padded"  # its cloze pass and encode on every slot
     else:
         raise SystemExit(f"--plain: no plain path recorded for {name}")
 
@@ -189,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="cpu: the thread's CPU time (needs --threads 1); wall: perf_counter")
     ap.add_argument("--plain", action="store_true",
-                    help=f"add a 'NAME plain' arm for each of {', '.join(PLAIN)} (the path before the speed-ups)")
+                    help=f"add a 'NAME plain' arm for each of {', '.join(PLAIN)} (the path before the speed-ups; "
+                         f"with --encoder bert4rec also 'none plain': BERT4Rec's padded layout)")
+    ap.add_argument("--encoder", default="sasrec", help="the encoder of every arm (e.g. bert4rec)")
     args = ap.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         ap.error("--clock cpu measures the calling thread only: use --threads 1 or --clock wall")
@@ -202,9 +210,11 @@ def main(argv: list[str] | None = None) -> None:
         names = ["none", *[n for n in names if n != "none"]]
     arms = [Arm(n, n) for n in names]
     if args.plain:
-        arms += [Arm(f"{n} plain", n) for n in names if n in PLAIN]
+        plain = PLAIN + (("none",) if args.encoder == "bert4rec" else ())
+        arms += [Arm(f"{n} plain", n) for n in names if n in plain]
         names = [a.label for a in arms]
-    runners = [Runner(a, args.dataset, [], plugins, args.batches, args.batch_size) for a in arms]
+    runners = [Runner(a, args.dataset, [f"encoder={args.encoder}"], plugins, args.batches, args.batch_size)
+               for a in arms]
     for r in runners:
         if r.arm.label.endswith(" plain"):
             make_plain(r)

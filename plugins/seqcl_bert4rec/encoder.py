@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from seqcl.errors import ConfigError
 from seqcl.interfaces import BuildContext, Encoder
-from seqcl_sasrec.encoder import Dropout, TransformerBlock, additive_mask, validate_transformer
+from seqcl_sasrec.encoder import (BUCKET_BOUNDS, Dropout, PackedLayout, TransformerBlock, additive_mask,
+                                  gather_rows, packed_layout, validate_transformer)
 
 #: augmenters whose views do not come from :meth:`BERT4Rec.encode`, with the reason (see the package doc)
 INCOMPATIBLE_AUGMENTERS = {
@@ -85,9 +86,18 @@ class OutputHead(nn.Module):
 
 
 class BERT4Rec(Encoder):
-    """Bidirectional Transformer encoder; the user representation is the output at an appended ``[mask]``."""
+    """Bidirectional Transformer encoder; the user representation is the output at an appended ``[mask]``.
+
+    ``layout_mode``: ``auto`` runs the two hot passes — the cloze objective's
+    (:meth:`outputs_at`) and :meth:`encode` — on SASRec's packed layout on the
+    CPU (active tokens only, attention per length bucket, bidirectional masks;
+    :mod:`seqcl_sasrec.packing`) and padded elsewhere; ``padded`` is the
+    reference. Same outputs either way (tested), so it is not a config option;
+    :meth:`contextualize` (every slot of ``H``) is always padded.
+    """
 
     default_objective = "cloze"
+    layout_mode = "auto"
 
     def __init__(self, opt: BERT4RecOptions, ctx: BuildContext) -> None:
         super().__init__()
@@ -180,10 +190,45 @@ class BERT4Rec(Encoder):
     def encode(self, items: Tensor) -> Tensor:
         """(B, W) history → (B, d): the output at the ``[mask]`` appended after the history."""
         x = self.with_mask_query(items)
-        return self.project(self.contextualize(self.embed(x), x)[:, -1])
+        if not self.packs(x):
+            return self.project(self.contextualize(self.embed(x), x)[:, -1])
+        layout = self.layout(x)
+        h = self._embed_packed(x, layout)
+        for block in self.blocks[:-1]:
+            h = block.packed(h, layout)
+        return self.project(layout.unsort(self.blocks[-1].packed_last(h, layout)))
 
     def outputs_at(self, items: Tensor, where: Tensor) -> Tensor:
         """(B, W) items (``[mask]`` where to predict), (B, W) bool → (M, d) scored representations,
-        M = ``where.sum()``, in row-major order of ``where`` (the cloze objective's pass)."""
-        hidden = self.contextualize(self.embed(items), items)
-        return self.project(hidden[where])
+        M = ``where.sum()``, in row-major order of ``where`` (the cloze objective's pass).
+        ``where`` must mark real (non-padding) slots when packed: only those are computed."""
+        if not self.packs(items):
+            hidden = self.contextualize(self.embed(items), items)
+            return self.project(hidden[where])
+        layout = self.layout(items)
+        h = self._embed_packed(items, layout)
+        for block in self.blocks:
+            h = block.packed(h, layout)
+        slot_to_token = torch.full((items.numel(),), -1, dtype=torch.long, device=items.device)
+        slot_to_token[layout.index] = torch.arange(layout.n, device=items.device)
+        tokens = slot_to_token[where.reshape(-1)]  # row-major order of where
+        if bool((tokens < 0).any()):
+            raise ValueError("outputs_at: a slot to predict is leading padding, which the packed layout skips")
+        return self.project(gather_rows(h, tokens))
+
+    # -------------------------------------------------------------- packed layout
+
+    def packs(self, items: Tensor) -> bool:
+        """Whether ``items`` goes through the packed layout (see the class doc)."""
+        if self.layout_mode == "padded":
+            return False
+        return self.layout_mode == "packed" or items.device.type == "cpu"
+
+    def layout(self, items: Tensor) -> PackedLayout:
+        return packed_layout(items, self.ln.weight.dtype, BUCKET_BOUNDS, causal=False)
+
+    def _embed_packed(self, items: Tensor, layout: PackedLayout) -> Tensor:
+        """H_in of the active tokens only, (n, d), each with its slot's position id."""
+        flat = items.reshape(-1)[layout.index]
+        positions = self.position_ids(items).reshape(-1)[layout.index]
+        return self.dropout(self.ln(self.item_embedding(flat) + self.position_embedding(positions)))

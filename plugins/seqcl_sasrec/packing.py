@@ -82,7 +82,7 @@ class Bucket:
     attention, ``w`` the longest of them (shorter rows left-padded).
 
     ``offset``: where the bucket's b·w rows start in the bucket layout.
-    ``mask``: (b, 1, w, w) additive: causal, padding masked as keys.
+    ``mask``: (b, 1, w, w) additive: causal (unless the layout is not), padding masked as keys.
     """
 
     b: int
@@ -142,9 +142,13 @@ class PackedLayout:
 
 
 def packed_layout(items: Tensor, dtype: torch.dtype = torch.float32,
-                  bounds: tuple[int, ...] = BUCKET_BOUNDS) -> PackedLayout:
+                  bounds: tuple[int, ...] = BUCKET_BOUNDS, causal: bool = True) -> PackedLayout:
     """The packed layout of ``items`` (B, W), computed on the CPU (vectorised: a few
     small kernels, plus a few per bucket) and moved to ``items``' device.
+
+    ``causal=False``: the buckets' masks let every query see every real key, before
+    and after it (BERT4Rec). Still exact on the active slots: the leading padding is
+    masked as a key either way, so it never feeds an active slot.
 
     A row's active tokens are its slots from its first real item on (for left
     padding: its real items; ICLRec-style interior padding stays active, as its
@@ -183,7 +187,8 @@ def packed_layout(items: Tensor, dtype: torch.dtype = torch.float32,
     buckets = []
     for r0, r1, w in zip(edges[:-1], edges[1:], widths):
         keys = real[rows[r0:r1], w_all - w:]  # (b, w): which columns hold real items
-        allowed = torch.ones(w, w, dtype=torch.bool).tril() & keys.unsqueeze(1)
+        square = torch.ones(w, w, dtype=torch.bool)
+        allowed = (square.tril() if causal else square) & keys.unsqueeze(1)
         buckets.append(Bucket(b=r1 - r0, w=w, offset=int(row_start[r0]),
                               mask=additive_mask(allowed.to(dev), dtype).unsqueeze(1)))
     to = lambda t: t.to(dev)  # noqa: E731

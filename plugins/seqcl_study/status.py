@@ -3,7 +3,7 @@
 Why: a study on a small machine takes days and is stopped and resumed many times;
 the report counts finished runs only. This reads each run's folder — finished
 (``<run>/summary.json``), in progress (``<run>.incomplete/metrics.jsonl``: resumable from
-its last epoch) or not started — and says how far each one is from early stopping
+its last epoch), started (a ``<run>.incomplete`` without an epoch yet) or not started — and says how far each one is from early stopping
 (epochs since its best, against its patience). Nothing is trained, locked or written,
 so it is safe while the study runs.
 """
@@ -25,7 +25,7 @@ class RunStatus:
     """One cell of a study as its folder shows it."""
 
     run: str
-    state: str  # finished | failed | in progress | not started | same as <run>
+    state: str  # finished | failed | in progress | started (no epoch saved) | not started | same as <run>
     epochs: int = 0
     best: float | None = None  # best valid headline metric so far
     best_epoch: int = 0
@@ -53,8 +53,10 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
         state = "finished"
     else:
         state = "in progress"
-    status = RunStatus(name, state)
     records = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    if state == "in progress" and not records:
+        state = "started"  # running its first epoch, or stopped before one was saved: nothing to resume
+    status = RunStatus(name, state)
     scored = [r for r in records if metric in (r.get("valid") or {})]
     if scored:
         top = max(scored, key=lambda r: r["valid"][metric])  # the first of equal scores: early stopping's best

@@ -16,6 +16,7 @@ def test_status_of_finished_in_progress_and_not_started_runs(tmp_path, tiny_file
     (runs / "a__s2" / "summary.json").unlink()  # as a run stopped after its second epoch leaves it
     (runs / "a__s2").rename(runs / "a__s2.incomplete")
     shutil.rmtree(runs / "a__s3")
+    (runs / "a__s3.incomplete").mkdir()  # claimed, stopped before its first epoch was saved
     capsys.readouterr()
 
     assert main(["study", "status", str(tmp_path / "runs" / "t")]) == 0
@@ -29,8 +30,11 @@ def test_status_of_finished_in_progress_and_not_started_runs(tmp_path, tiny_file
         assert rows[run][1:4] == ["2", f"{best['valid']['mrr@10']:.4f} ({best['epoch']})",
                                   f"{2 - best['epoch']} / 7"]
     assert rows["a__s1"][0] == "finished" and rows["a__s2"][0] == "in progress"
-    assert rows["a__s3"] == ["not started", "–", "–", "–", "–", "–"]
-    assert out.rstrip().endswith("1 finished, 1 in progress, 1 not started")
+    assert rows["a__s3"] == ["started", "–", "–", "–", "–", "–"]
+    assert out.rstrip().endswith("1 finished, 1 in progress, 1 started")
+    shutil.rmtree(runs / "a__s3.incomplete")
+    assert main(["study", "status", str(tmp_path / "runs" / "t")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("1 finished, 1 in progress, 1 not started")
 
     assert main(["study", "status", str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err

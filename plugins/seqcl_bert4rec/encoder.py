@@ -140,7 +140,9 @@ class BERT4Rec(Encoder):
             raise ConfigError(f"encoder bert4rec cannot use augmenter {augmenter}: {reason}")
 
     def request_full_width(self) -> None:
-        """Nothing to do: every slot of ``H`` is always computed (one padded layout)."""
+        """Every pass on the padded layout, as SASRec's: ``contextualize`` always computes every slot
+        of ``H``, and the layout without host-side shape work is the one a traced export needs."""
+        self.layout_mode = "padded"
 
     # -------------------------------------------------------------- stages
 

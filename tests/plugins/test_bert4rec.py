@@ -359,6 +359,9 @@ def test_packed_layout_only_on_cpu_in_auto_and_never_for_leading_padding():
     where[0, 0] = True  # leading padding of row 0: not computed on the packed layout
     with pytest.raises(ValueError, match="leading padding"):
         enc.outputs_at(items, where)
+    fresh = make()
+    fresh.request_full_width()  # a traced export: the layout without host-side shape work
+    assert not fresh.packs(items)
 
 
 def test_cloze_refuses_an_encoder_without_mask():

@@ -169,8 +169,8 @@ def make_plain(runner: Runner) -> None:
         runner.every_part = True  # every plan step computes the main pass, CE and every term
     elif name == "elcrec":
         runner.patch = recorded_argmin
-    elif name == "none" and getattr(model.encoder, "layout_mode", None) == "auto":  # BERT4Rec
-        model.encoder.layout_mode = "padded"  # its cloze pass and encode on every slot
+    elif name == "none":  # only with --encoder bert4rec (main): its cloze pass and encode on every slot
+        model.encoder.layout_mode = "padded"
     else:
         raise SystemExit(f"--plain: no plain path recorded for {name}")
 

@@ -446,11 +446,12 @@ class Ledger:
         """
         optuna = _optuna()
         TrialState = optuna.trial.TrialState
+        trials = self.trials()
         first: dict[str, int] = {}
-        for t in self.trials():
+        for t in trials:
             run = t.user_attrs.get("run")
             first[run] = min(first.get(run, t.number), t.number)
-        waiting = sorted(self.trials((TrialState.WAITING,)),
+        waiting = sorted((t for t in trials if t.state == TrialState.WAITING),
                          key=lambda t: (first[t.user_attrs.get("run")], t.number))
         for t in waiting:
             run = t.user_attrs.get("run")

@@ -3,8 +3,9 @@
 Why: a study on a small machine takes days and is stopped and resumed many times;
 the report counts finished runs only. This reads each run's folder — finished
 (``<run>/summary.json``), in progress (``<run>.incomplete/metrics.jsonl``: resumable from
-its last epoch), started (a ``<run>.incomplete`` without an epoch yet) or not started — and says how far each one is from early stopping
-(epochs since its best, against its patience). Nothing is trained, locked or written,
+its last epoch), started (a ``<run>.incomplete`` without an epoch yet) or not started —
+and says how far each one is from early stopping (epochs since its best, against its
+patience). Nothing is trained, locked or written,
 so it is safe while the study runs.
 """
 

@@ -13,7 +13,7 @@
    and the RecBole and seqcl ``none`` processes then time one full-ranking
    validation pass. Same configuration on both sides: SASRec, CE over all items,
    batch 256, T = 50, d = 64, 2 layers, 2 heads, inner 256, dropout 0.5, Adam
-   1e-3; seqcl with ``loss.include_pad_logit=true`` (RecBole's CE scores the
+   1e-3; seqcl with ``ce.include_pad_logit=true`` (RecBole's CE scores the
    padding row too) and ``eval.exclude_history=false`` (RecBole does not mask
    history).
 4. Measures the machine's fp32 GEMM peak in the same run, runs the in-process

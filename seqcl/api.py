@@ -195,8 +195,10 @@ class Run:
         path = self.path / "ranks.pt"
         if not path.is_file():
             raise ConfigError(f"{path}: no ranks (run.save_ranks was off, or the run is unfinished)")
-        ranks = torch.load(path, map_location="cpu", weights_only=True)[split]
-        return dict(zip(self.ids.users, ranks.tolist()))
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if split not in saved:
+            raise ConfigError(f"{path}: no split {split!r}; it holds {', '.join(sorted(saved))}")
+        return dict(zip(self.ids.users, saved[split].tolist()))
 
 
 def _outside_inference(t: Tensor) -> Tensor:

@@ -68,6 +68,15 @@ def test_recommend_agrees_with_the_runs_ranks(tiny, run):
     assert hr10 == pytest.approx(run.metrics["test"]["hr@10"])
 
 
+def test_ranks_of_both_test_protocols_and_a_bad_split(run):
+    excluded, kept = run.ranks("test_history_excluded"), run.ranks("test_history_kept")
+    assert excluded == run.ranks("test")  # the configured protocol (eval.exclude_history: true)
+    assert all(kept[u] >= excluded[u] for u in excluded)  # history items can only rank above the target
+    assert any(kept[u] > excluded[u] for u in excluded)
+    with pytest.raises(ConfigError, match=r"no split 'tset'; it holds test, test_history_excluded"):
+        run.ranks("tset")
+
+
 def test_recommend_excludes_the_history_and_returns_the_files_ids(tiny, run):
     history = tiny.sequences["user0003"]
     top = run.recommend([history], k=run.num_items)[0]

@@ -36,7 +36,7 @@ def get(name: str, origin: str | None, mirror: str | None, force: bool) -> None:
 
     NAME: beauty, sports, toys (Amazon 2014 5-core reviews, McAuley), yelp
     (needs --from: Yelp has no direct URL), ml-1m, ml-100k (GroupLens).
-    Files go to the data home ($SEQCL_DATA, default ~/.cache/seqcl/data):
+    Files go to the data home ($SEQCL_DATA, default $XDG_CACHE_HOME/seqcl/data, else ~/.cache/seqcl/data):
     downloads/ keeps the publisher's file (never downloaded twice); the
     one-line-per-user result is Beauty.txt, Sports_and_Outdoors.txt,
     Toys_and_Games.txt, Yelp.txt, ml-1m.txt or ml-100k.txt. The download needs network access.

@@ -5,8 +5,8 @@ Everything is read from the study directory — ``study.json`` (written by
 ledger, so a report can be made anywhere the run directories are (copy
 ``runs/<study>/`` from several machines into one place first).
 
-Layout (per top-level grid point, e.g. one table for ``loss.main=ce`` and one
-for ``loss.main=sampled``): rows = variants (and their own grid points),
+Layout (per top-level grid point, e.g. one table for ``objective=ce`` and one
+for ``objective=sampled``): rows = variants (and their own grid points),
 columns = HR/NDCG/MRR @K of the test split as mean ± std over seeds (sample
 std, ddof = 1; a single seed shows the mean only), best **bold** and runner-up
 <u>underlined</u> per column, and an *Improve* column: the relative change of

@@ -403,6 +403,19 @@ def _work_left(ledger: Ledger, plan: Plan) -> bool:
     return any(t.user_attrs.get("run") in runs for t in ledger.trials((optuna.trial.TrialState.WAITING,)))
 
 
+def worker_threads(base: dict[str, Any], workers: int) -> tuple[int, str]:
+    """Torch threads each worker sets (0: the runs' own ``train.threads`` decide), and the phrase that says so.
+
+    Without ``train.threads`` in the base config the cores are split between the workers, so that
+    two workers on two cores do not each start a thread per core.
+    """
+    configured = (base.get("train") or {}).get("threads")
+    if configured:
+        return 0, f"train.threads={configured} each"
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return threads, f"{threads} torch threads each"
+
+
 def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], heartbeat_s: int,
            log: Log, poll_s: float) -> None:
     """Run ``workers`` worker processes until the study is done.
@@ -412,9 +425,7 @@ def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], 
     none is left), within this invocation.
     """
     ctx = multiprocessing.get_context("spawn")
-    threads = 0
-    if not (plan.spec.base.get("train") or {}).get("threads"):
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    threads, each = worker_threads(plan.spec.base, workers)
     logs = plan.study_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[Any] = []
@@ -430,8 +441,7 @@ def _spawn(plan: Plan, url: str, workers: int, plugin_modules: tuple[str, ...], 
 
     for _ in range(workers):
         start()
-    log(f"[study {plan.spec.name}] {workers} worker processes ({threads or 'default'} torch threads each), "
-        f"logs in {logs}")
+    log(f"[study {plan.spec.name}] {workers} worker processes ({each}), logs in {logs}")
     ledger = Ledger(url, plan.spec.name, [c.run for c in plan.trained] or None, heartbeat_s=heartbeat_s)
     host = socket.gethostname()
     reaped: set[int] = set()

@@ -13,8 +13,8 @@ Layout::
       full: {augmenter: aclsrec}
       no_boundary: {augmenter: aclsrec, without: [boundary]}
       lambda: {augmenter: aclsrec, grid: {loss.cl.weight: [0.01, 0.1]}}   # a variant's own sweep
-    grid: {loss.main: [ce, sampled]}   # optional: crossed with every variant (tables per point)
-    search: {loss.tau: {type: float, low: 0.05, high: 1, log: true}}   # or an Optuna search…
+    grid: {objective: [ce, sampled]}   # optional: crossed with every variant (tables per point)
+    search: {loss.cl.tau: {type: float, low: 0.05, high: 1, log: true}}   # or an Optuna search…
     trials: 20                         # …with this many trials (instead of a grid)
     launch: {nproc_per_node: 2}        # optional: each run a torchrun job of 2 processes (also per variant)
     seeds: [1, 2, 3]

@@ -285,3 +285,10 @@ def test_workers_do_not_import_from_the_current_directory(worker_study):
     assert not worker_study["shadowed"].exists(), "a worker imported multiprocessing.py from the current directory"
     assert worker_study["outcome"].progress.done == 1
     assert worker_study["env_after"] is None  # the parent's environment is left as it was
+
+
+def test_worker_threads_split_the_cores_unless_the_config_sets_them(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    assert runner.worker_threads({"train": {"threads": 1}}, 2) == (0, "train.threads=1 each")
+    assert runner.worker_threads({"train": {"epochs": 3}}, 2) == (4, "4 torch threads each")
+    assert runner.worker_threads({}, 16) == (1, "1 torch threads each")

@@ -29,10 +29,13 @@ drawn at random instead (unit rows): the step's cost does not depend on them.
 main pass and six shifted filters; MCLRec's plan steps computing every part;
 ELCRec's argmin with autograd recording), on the same batches, alternated with
 the other arms: before and after measured side by side, under the same load.
-With ``--encoder bert4rec`` (every arm on that encoder), ``none plain`` is
-BERT4Rec on the padded layout, the path before its packed one:
+With ``--encoder bert4rec`` or ``--encoder s3rec`` (every arm on that encoder),
+``none plain`` is the encoder on the padded layout, the path before its packed
+one (``--set`` adds config overrides, e.g. S3Rec's pre-training stage):
 
     python benchmarks/stages.py --encoder bert4rec --augmenters none --plain
+    python benchmarks/stages.py --encoder s3rec --augmenters none --plain --batch-size 100 \
+        --set objective=mip --set s3rec.attention=bidirectional --set stages=[]
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ from seqcl.training import StepOutput, main_pass  # noqa: E402
 
 STAGES = ("main pass", "objective", "views", "terms", "backward", "adam")
 PLAIN = ("cfit4srec", "mclrec", "elcrec")  # augmenters with a recorded plain path (--plain)
+#: encoders whose packed layout has a padded reference (--plain: arm "none plain")
+PADDED_REFERENCE = ("bert4rec", "s3rec")
 
 
 def timed_forward(model, batch, times: dict[str, float], clock=time.thread_time, parts=None) -> StepOutput:
@@ -169,7 +174,7 @@ def make_plain(runner: Runner) -> None:
         runner.every_part = True  # every plan step computes the main pass, CE and every term
     elif name == "elcrec":
         runner.patch = recorded_argmin
-    elif name == "none":  # only with --encoder bert4rec (main): its cloze pass and encode on every slot
+    elif name == "none":  # only with --encoder bert4rec or s3rec (main): every pass on the padded layout
         model.encoder.layout_mode = "padded"
     else:
         raise SystemExit(f"--plain: no plain path recorded for {name}")
@@ -196,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="cpu: the thread's CPU time (needs --threads 1); wall: perf_counter")
     ap.add_argument("--plain", action="store_true",
                     help=f"add a 'NAME plain' arm for each of {', '.join(PLAIN)} (the path before the speed-ups; "
-                         f"with --encoder bert4rec also 'none plain': BERT4Rec's padded layout)")
+                         f"with --encoder bert4rec or s3rec also 'none plain': the padded layout)")
     ap.add_argument("--encoder", default="sasrec", help="the encoder of every arm (e.g. bert4rec)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every arm (repeatable)")
     args = ap.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         ap.error("--clock cpu measures the calling thread only: use --threads 1 or --clock wall")
@@ -210,10 +217,11 @@ def main(argv: list[str] | None = None) -> None:
         names = ["none", *[n for n in names if n != "none"]]
     arms = [Arm(n, n) for n in names]
     if args.plain:
-        plain = PLAIN + (("none",) if args.encoder == "bert4rec" else ())
+        plain = PLAIN + (("none",) if args.encoder in PADDED_REFERENCE else ())
         arms += [Arm(f"{n} plain", n) for n in names if n in plain]
         names = [a.label for a in arms]
-    runners = [Runner(a, args.dataset, [f"encoder={args.encoder}"], plugins, args.batches, args.batch_size)
+    runners = [Runner(a, args.dataset, [f"encoder={args.encoder}", *args.set], plugins, args.batches,
+                      args.batch_size)
                for a in arms]
     for r in runners:
         if r.arm.label.endswith(" plain"):

@@ -8,9 +8,11 @@ causally. ``s3rec.attention`` selects the mask; the run's stages set it
 table, after the augmenter's extra rows, never scored; it exists in both
 stages so the hand-off loads every weight.
 
-Bidirectional attention runs the padded layout (the packed one is causal);
-causal ``s3rec`` is ``sasrec`` with one more, unused, item row (so its random
-initial weights differ from sasrec's for the same seed).
+Both masks run on SASRec's packed layout on the CPU (active tokens only,
+attention per length bucket; bidirectional buckets for pre-training, as
+BERT4Rec's): exact on every real slot, which is all MIP reads (tested against
+the padded layout). Causal ``s3rec`` is ``sasrec`` with one more, unused, item
+row (so its random initial weights differ from sasrec's for the same seed).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class S3Rec(SASRec):
         self.mask_token = ctx.num_items + 1 + ctx.extra_rows  # the last row
         self.attention = opt.attention
 
-    def packs(self, items: Tensor) -> bool:
-        return self.attention == "causal" and super().packs(items)
+    @property
+    def causal(self) -> bool:
+        return self.attention == "causal"
 
     def attention_mask(self, items: Tensor) -> Tensor:
         if self.attention == "causal":

@@ -167,7 +167,7 @@ class SASRec(Encoder):
         self.dropout = Dropout(opt.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(opt) for _ in range(opt.layers))
         self._init_weights(opt.init_std)
-        self._cached: tuple[Tensor, int, PackedLayout] | None = None
+        self._cached: tuple[Tensor, int, PackedLayout, bool] | None = None
 
     def _init_weights(self, std: float) -> None:
         for module in self.modules():
@@ -189,16 +189,22 @@ class SASRec(Encoder):
             return False
         return self.layout_mode == "packed" or items.device.type == "cpu"
 
+    @property
+    def causal(self) -> bool:
+        """Whether a query sees only earlier keys (SASRec: always; a subclass may attend both ways)."""
+        return True
+
     def layout(self, items: Tensor, dtype: torch.dtype = torch.float32) -> PackedLayout:
         """The packed layout of ``items``; reused while the same, unmodified tensor comes back
         (ACLSRec contextualizes one batch twice; embed and contextualize share it)."""
         version = _version(items)
+        causal = self.causal
         c = self._cached
         if c is not None and c[0] is items and version is not None and c[1] == version \
-                and c[2].buckets[0].mask.dtype == dtype:
+                and c[2].buckets[0].mask.dtype == dtype and c[3] == causal:
             return c[2]
-        layout = packed_layout(items, dtype, self.bucket_bounds)
-        self._cached = (items, version, layout) if version is not None else None
+        layout = packed_layout(items, dtype, self.bucket_bounds, causal=causal)
+        self._cached = (items, version, layout, causal) if version is not None else None
         return layout
 
     def position_ids(self, items: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from seqcl.config import parse_assignment, resolve
 from seqcl.interfaces import Batch, BuildContext
 from seqcl.plugins import load_plugins
 from seqcl.training import resume, train
+from seqcl_bert4rec.cloze import append_targets
 from seqcl_s3rec import DEFAULT_STAGES, MIPObjective, MIPOptions, S3Rec, S3RecOptions, draw_masked, mip_loss
 
 from conftest import TINY
@@ -151,6 +152,85 @@ def test_bidirectional_sees_later_items_causal_does_not():
         ha, hb = (enc.contextualize(enc.embed(x), x) for x in (a, b))
         outs[attention] = torch.allclose(ha[0, 1], hb[0, 1])
     assert outs == {"causal": True, "bidirectional": False}
+
+
+# --------------------------------------------------------------------------- packed layout (the fast path)
+
+
+def _both_layouts(enc, fn):
+    """``fn()`` with the encoder on the packed layout, then on the padded reference."""
+    out = {}
+    for mode in ("packed", "padded"):
+        enc.layout_mode = mode
+        out[mode] = fn()
+    enc.layout_mode = "auto"
+    return out["packed"], out["padded"]
+
+
+def _left_padded(lengths, width, seed, n_items=40):
+    g = _gen(seed)
+    items = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        items[row, width - n:] = torch.randint(1, n_items + 1, (n,), generator=g)
+    return items
+
+
+@SLOW
+@given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=8), p=st.sampled_from([0.2, 0.5, 1.0]),
+       attention=st.sampled_from(["bidirectional", "causal"]), seed=st.integers(0, 2**16))
+def test_packed_layout_equals_padded_on_every_real_slot(lengths, p, attention, seed):
+    """Pre-training's bidirectional pass (and fine-tuning's causal one) on the packed layout gives the
+    padded reference's output at every real slot — the MIP pass reads nothing else — and ``encode``
+    (the validation during pre-training) the same user representation."""
+    torch.manual_seed(seed % 5)
+    enc = S3Rec(S3RecOptions(hidden_size=16, inner_size=32, attention=attention), _ctx()).eval()
+    targets = torch.randint(1, 41, (len(lengths),), generator=_gen(seed))
+    seq = append_targets(_left_padded(lengths, 7, seed), targets, 8)
+    chosen = draw_masked(seq, p, _gen(seed + 1), 8)
+    inputs = seq.masked_fill(chosen, enc.mask_token)
+    real = inputs > 0
+    packed, padded = _both_layouts(enc, lambda: enc.contextualize(enc.embed(inputs), inputs))
+    torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
+    packed, padded = _both_layouts(enc, lambda: enc.encode(seq))
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_mip_loss_and_gradients_match_padded_in_float64():
+    torch.manual_seed(0)
+    enc = S3Rec(S3RecOptions(hidden_size=16, inner_size=32, attention="bidirectional", dropout=0.0,
+                             attn_dropout=0.0), _ctx()).double()
+    obj = MIPObjective(MIPOptions(mask_p=0.4), _ctx()).double()
+    items = _left_padded([1, 2, 5, 7, 7, 3], 7, seed=3)
+    batch = Batch(items, torch.randint(1, 41, (6,), generator=_gen(4)), torch.arange(6))
+    state = obj.generator("cpu").get_state()
+
+    def loss_and_grads():
+        obj.generator("cpu").set_state(state)  # the same masks and negatives on both layouts
+        enc.zero_grad(), obj.zero_grad()
+        loss = obj(enc, batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]
+
+    (l1, g1), (l2, g2) = _both_layouts(enc, loss_and_grads)
+    assert torch.allclose(l1, l2, rtol=1e-12, atol=1e-12)
+    assert len(g1) == len(g2) > 0
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(g1, g2))
+
+
+def test_bidirectional_layout_is_not_the_causal_one():
+    """The packed path must use bidirectional buckets in pre-training: with causal buckets the first
+    real slot could not see the last item (the control that makes the tests above fail)."""
+    torch.manual_seed(0)
+    enc = S3Rec(S3RecOptions(hidden_size=16, inner_size=32, attention="bidirectional", layout="packed"),
+                _ctx()).eval()
+    a = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 9]])
+    b = a.clone()
+    b[0, -1] = 20
+    ha, hb = (enc.contextualize(enc.embed(x), x) for x in (a, b))
+    assert not torch.allclose(ha[0, 1], hb[0, 1])
+    enc.attention = "causal"
+    ha, hb = (enc.contextualize(enc.embed(x), x) for x in (a, b))
+    assert torch.allclose(ha[0, 1], hb[0, 1])
 
 
 # --------------------------------------------------------------------------- stages

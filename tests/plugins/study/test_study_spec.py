@@ -97,7 +97,7 @@ def test_cells_names_order_aliases_and_overrides(registry, tmp_path):
 
 
 EXAMPLE_COUNTS = [  # study file, runs, runs trained
-    ("aclsrec-ablation.yaml", 36, 36), ("aclsrec-sensitivity.yaml", 69, 57), ("compare-augmenters.yaml", 21, 21),
+    ("aclsrec-ablation.yaml", 18, 18), ("aclsrec-ablation-bpr.yaml", 18, 18), ("aclsrec-sensitivity.yaml", 69, 57), ("compare-augmenters.yaml", 21, 21),
     ("tiny.yaml", 8, 8), ("beauty-search-coarse.yaml", 16, 16), ("beauty-main.yaml", 18, 18),
     ("table2-beauty.yaml", 27, 27), ("beauty-search-fine.yaml", 7, 7), ("baselines-beauty-smoke.yaml", 5, 5),
 ]
@@ -117,23 +117,24 @@ def test_example_studies_validate(registry, tmp_path, name, runs, trained):
         assert raw["base"]["dataset"] == "../shared/data/Beauty.txt"
 
 
-def test_ablation_rows_are_the_papers(registry, tmp_path):
-    plan = build_plan(load_spec(EXAMPLES / "aclsrec-ablation.yaml", ["dataset=builtin"]), registry, tmp_path)
+@pytest.mark.parametrize("name, main_loss", [("aclsrec-ablation.yaml", "ce"), ("aclsrec-ablation-bpr.yaml", "sampled")])
+def test_ablation_rows_are_the_papers(registry, tmp_path, name, main_loss):
+    plan = build_plan(load_spec(EXAMPLES / name, ["dataset=builtin"]), registry, tmp_path)
     from seqcl.config import resolve
 
     terms = {}
     for cell in plan.cells:
         r = resolve(registry, cell.config)
+        assert r.objective == main_loss
         negatives = r.objective_options.negatives if r.objective == "sampled" else 1
         cl = r.tree["loss"].get("cl", {})
-        terms[(cell.variant, cell.group["objective"])] = (r.augmenter, r.terms, negatives, cl.get("sim"), cl.get("tau"))
-    for main_loss in ("ce", "sampled"):
-        assert terms[("A-full", main_loss)] == ("aclsrec", ["cl", "align", "boundary"], 1, "cos", 1.0)
-        assert terms[("B-no-boundary", main_loss)][1] == ["cl", "align"]
-        assert terms[("C-no-align", main_loss)][1] == ["cl", "boundary"]
-        assert terms[("D-no-cl", main_loss)][1] == ["align", "boundary"]
-        assert terms[("E-sasrec", main_loss)][:2] == ("none", [])
-        assert terms[("A-full-spec", main_loss)][3:] == ("dot", 0.1)
+        terms[cell.variant] = (r.augmenter, r.terms, negatives, cl.get("sim"), cl.get("tau"))
+    assert terms["A-full"] == ("aclsrec", ["cl", "align", "boundary"], 1, "cos", 1.0)
+    assert terms["B-no-boundary"][1] == ["cl", "align"]
+    assert terms["C-no-align"][1] == ["cl", "boundary"]
+    assert terms["D-no-cl"][1] == ["align", "boundary"]
+    assert terms["E-sasrec"][:2] == ("none", [])
+    assert terms["A-full-spec"][3:] == ("dot", 0.1)
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):

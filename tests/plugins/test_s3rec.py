@@ -24,6 +24,7 @@ from seqcl_s3rec import DEFAULT_STAGES, MIPObjective, MIPOptions, S3Rec, S3RecOp
 
 from conftest import TINY
 from formula_refs import FAST, SLOW, _gen, close, grads_finite, rows, softplus
+from test_bert4rec import both_layouts, left_padded
 from test_resume import records
 
 # --------------------------------------------------------------------------- the MIP loss
@@ -157,24 +158,6 @@ def test_bidirectional_sees_later_items_causal_does_not():
 # --------------------------------------------------------------------------- packed layout (the fast path)
 
 
-def _both_layouts(enc, fn):
-    """``fn()`` with the encoder on the packed layout, then on the padded reference."""
-    out = {}
-    for mode in ("packed", "padded"):
-        enc.layout_mode = mode
-        out[mode] = fn()
-    enc.layout_mode = "auto"
-    return out["packed"], out["padded"]
-
-
-def _left_padded(lengths, width, seed, n_items=40):
-    g = _gen(seed)
-    items = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        items[row, width - n:] = torch.randint(1, n_items + 1, (n,), generator=g)
-    return items
-
-
 @SLOW
 @given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=8), p=st.sampled_from([0.2, 0.5, 1.0]),
        attention=st.sampled_from(["bidirectional", "causal"]), seed=st.integers(0, 2**16))
@@ -185,13 +168,13 @@ def test_packed_layout_equals_padded_on_every_real_slot(lengths, p, attention, s
     torch.manual_seed(seed % 5)
     enc = S3Rec(S3RecOptions(hidden_size=16, inner_size=32, attention=attention), _ctx()).eval()
     targets = torch.randint(1, 41, (len(lengths),), generator=_gen(seed))
-    seq = append_targets(_left_padded(lengths, 7, seed), targets, 8)
+    seq = append_targets(left_padded(lengths, width=7, seed=seed, num_items=40), targets, 8)
     chosen = draw_masked(seq, p, _gen(seed + 1), 8)
     inputs = seq.masked_fill(chosen, enc.mask_token)
     real = inputs > 0
-    packed, padded = _both_layouts(enc, lambda: enc.contextualize(enc.embed(inputs), inputs))
+    packed, padded = both_layouts(enc, lambda: enc.contextualize(enc.embed(inputs), inputs))
     torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
-    packed, padded = _both_layouts(enc, lambda: enc.encode(seq))
+    packed, padded = both_layouts(enc, lambda: enc.encode(seq))
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
 
 
@@ -200,7 +183,7 @@ def test_packed_mip_loss_and_gradients_match_padded_in_float64():
     enc = S3Rec(S3RecOptions(hidden_size=16, inner_size=32, attention="bidirectional", dropout=0.0,
                              attn_dropout=0.0), _ctx()).double()
     obj = MIPObjective(MIPOptions(mask_p=0.4), _ctx()).double()
-    items = _left_padded([1, 2, 5, 7, 7, 3], 7, seed=3)
+    items = left_padded([1, 2, 5, 7, 7, 3], width=7, seed=3, num_items=40)
     batch = Batch(items, torch.randint(1, 41, (6,), generator=_gen(4)), torch.arange(6))
     state = obj.generator("cpu").get_state()
 
@@ -211,7 +194,7 @@ def test_packed_mip_loss_and_gradients_match_padded_in_float64():
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]
 
-    (l1, g1), (l2, g2) = _both_layouts(enc, loss_and_grads)
+    (l1, g1), (l2, g2) = both_layouts(enc, loss_and_grads)
     assert torch.allclose(l1, l2, rtol=1e-12, atol=1e-12)
     assert len(g1) == len(g2) > 0
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(g1, g2))

@@ -65,7 +65,8 @@ def _echo_err(msg: str) -> None:
 report_options = [
     click.option("--split", type=click.Choice(["test", "valid", "test_history_excluded", "test_history_kept"]),
                  default="test", show_default=True,
-                 help="Which split's metrics and ranks (test_history_*: the test split under either protocol)."),
+                 help="Which split's metrics and ranks (test_history_*: the test split under either protocol); "
+                      "a split other than test writes report-<split>.md/.csv."),
     click.option("--test", "test", type=click.Choice(["ttest", "wilcoxon"]), default="ttest", show_default=True,
                  help="Paired test over users."),
     click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=2000, show_default=True,
@@ -209,7 +210,9 @@ def status_cmd(study_dir: str) -> None:
 @_with(report_options)
 @click.option("--no-plots", is_flag=True, help="Tables only.")
 def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: int, no_plots: bool) -> None:
-    """Write report.md, report.csv and plot PNGs into STUDY_DIR (runs/<study>) and print the table."""
+    """Write report.md, report.csv and plot PNGs into STUDY_DIR (runs/<study>) and print the table.
+
+    Another split than the default writes report-<split>.md and report-<split>.csv beside them."""
     require_extra("study report")
     from .report import build_report, markdown, write_report
 

@@ -177,7 +177,7 @@ def markdown(report: Report) -> str:
     lines = [f"# Study `{report.name}`", ""]
     n_users = next((len(a.runs[0].ranks(report.split)) for t in report.tables for a in t.arms
                     if (a.runs[0].run_dir / "ranks.pt").is_file()), None)
-    lines += [f"{report.split.capitalize()} split{f', {n_users} users' if n_users else ''}. Cells: mean ± std over "
+    lines += [f"{SPLIT_TITLES[report.split]}{f', {n_users} users' if n_users else ''}. Cells: mean ± std over "
               "seeds (sample std); **best** and <u>runner-up</u> per column."]
     if any(t.baseline for t in report.tables):
         test = "paired t-test" if report.test == "ttest" else "Wilcoxon signed-rank test"
@@ -323,9 +323,25 @@ def csv_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
     return header, rows
 
 
+#: What the report's first line calls each split ("test" is the protocol the runs were configured with).
+SPLIT_TITLES = {
+    "valid": "Valid split",
+    "test": "Test split",
+    "test_history_excluded": "Test split, the user's full history excluded from the ranking (seqcl's default)",
+    "test_history_kept": "Test split, the user's history kept in the ranking (RecBole's protocol)",
+}
+
+
+def report_stem(split: str) -> str:
+    """``report`` for the default split, ``report-<split>`` for any other, so that reports on two
+    splits of one study (e.g. both test protocols) sit side by side instead of overwriting each other."""
+    return "report" if split == "test" else f"report-{split}"
+
+
 def write_report(report: Report, plots: bool = True) -> list[Path]:
-    """Write report.md, report.csv and the plots into the study directory; return the paths."""
+    """Write report[-<split>].md, report[-<split>].csv and the plots into the study directory; return the paths."""
     out = report.study_dir
+    stem = report_stem(report.split)
     if plots:
         from .plots import make_plots
 
@@ -335,6 +351,6 @@ def write_report(report: Report, plots: bool = True) -> list[Path]:
     writer = csv.DictWriter(buffer, fieldnames=header, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "report.csv", buffer.getvalue())
-    atomic_write_text(out / "report.md", markdown(report))
-    return [out / "report.md", out / "report.csv", *report.plots]
+    atomic_write_text(out / f"{stem}.csv", buffer.getvalue())
+    atomic_write_text(out / f"{stem}.md", markdown(report))
+    return [out / f"{stem}.md", out / f"{stem}.csv", *report.plots]

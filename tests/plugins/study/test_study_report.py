@@ -139,6 +139,22 @@ def test_report_command_with_wilcoxon(tiny_study, capsys):
     assert "not a study directory" in capsys.readouterr().err
 
 
+def test_report_on_another_split_sits_beside_the_default_one(tiny_study, capsys):
+    before = {name: (tiny_study / name).read_bytes() for name in ("report.md", "report.csv")}
+    assert main(["study", "report", str(tiny_study), "--split", "test_history_kept", "--bootstrap", "0",
+                 "--no-plots"]) == 0
+    assert "report-test_history_kept.md" in capsys.readouterr().err
+    assert {name: (tiny_study / name).read_bytes() for name in before} == before  # the default is not overwritten
+    assert (tiny_study / "report-test_history_kept.md").read_text().startswith(
+        "# Study `tiny`\n\nTest split, the user's history kept in the ranking (RecBole's protocol), ")
+    with open(tiny_study / "report-test_history_kept.csv") as fh:
+        kept = {r["label"]: r for r in csv.DictReader(fh)}
+    for label, runs in ARMS.items():
+        values = [json.loads((tiny_study / "runs" / r / "summary.json").read_text())["test_history_kept"]["mrr@10"]
+                  for r in runs]
+        assert float(kept[label]["mrr@10_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
+
+
 def test_compare_two_runs(tiny_study, capsys):
     a, b = tiny_study / "runs" / "sasrec__s1", tiny_study / "runs" / "aclsrec__s1"
     assert main(["compare", str(a), str(b), "--bootstrap", "500"]) == 0

@@ -62,11 +62,9 @@ def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+SPLITS = ["test", "valid", "test_history_excluded", "test_history_kept"]
+SPLIT_HELP = "Which split's metrics and ranks (test_history_*: the test split under either protocol)"
 report_options = [
-    click.option("--split", type=click.Choice(["test", "valid", "test_history_excluded", "test_history_kept"]),
-                 default="test", show_default=True,
-                 help="Which split's metrics and ranks (test_history_*: the test split under either protocol); "
-                      "a split other than test writes report-<split>.md/.csv."),
     click.option("--test", "test", type=click.Choice(["ttest", "wilcoxon"]), default="ttest", show_default=True,
                  help="Paired test over users."),
     click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=2000, show_default=True,
@@ -207,9 +205,12 @@ def status_cmd(study_dir: str) -> None:
 
 @study.command("report")
 @click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help=f"{SPLIT_HELP}; a split other than test writes report-<split>.md/.csv. "
+                   "[default: the study file's split:, else test]")
 @_with(report_options)
 @click.option("--no-plots", is_flag=True, help="Tables only.")
-def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: int, no_plots: bool) -> None:
+def report_cmd(study_dir: str, split: str | None, test: str, n_boot: int, boot_seed: int, no_plots: bool) -> None:
     """Write report.md, report.csv and plot PNGs into STUDY_DIR (runs/<study>) and print the table.
 
     Another split than the default writes report-<split>.md and report-<split>.csv beside them."""
@@ -225,6 +226,7 @@ def report_cmd(study_dir: str, split: str, test: str, n_boot: int, boot_seed: in
 @click.command("compare")
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help=SPLIT_HELP + ".")
 @_with(report_options)
 def compare(run_a: str, run_b: str, split: str, test: str, n_boot: int, boot_seed: int) -> None:
     """Metric deltas of run RUN_B against run RUN_A, paired over users, with bootstrap CIs."""

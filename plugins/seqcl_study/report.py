@@ -90,11 +90,15 @@ def _arms(info: dict[str, Any], runs: list[RunResult]) -> list[Table]:
 # -------------------------------------------------------------- building
 
 
-def build_report(study_dir: str | Path, *, split: str = "test", test: str = "ttest", n_boot: int = 2000,
+def build_report(study_dir: str | Path, *, split: str | None = None, test: str = "ttest", n_boot: int = 2000,
                  boot_seed: int = 0) -> Report:
-    """Aggregate the finished runs of a study and compare every row with its baseline."""
+    """Aggregate the finished runs of a study and compare every row with its baseline.
+
+    ``split`` None: the study file's ``split:`` (``valid`` for a study that chooses settings, so that
+    its report never reads test), else ``test``."""
     study_dir = Path(study_dir)
     info = load_info(study_dir)
+    split = split or info["spec"].get("split") or "test"
     runs, missing = load_runs(study_dir, info)
     if not runs:
         raise ConfigError(f"{study_dir}: no finished runs yet")

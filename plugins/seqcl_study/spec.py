@@ -20,6 +20,7 @@ Layout::
     seeds: [1, 2, 3]
     baseline: sasrec                   # the row of the Improve column and of the significance tests
     metric: mrr@10                     # headline metric (Improve column, search objective)
+    split: valid                       # the split the report reads (default test; valid: a tuning study never reads test)
     reuse: [../results/beauty-search]  # other study folders whose finished runs of an identical config are copied
 """
 
@@ -38,7 +39,9 @@ from seqcl.config import parse_assignment, read_yaml
 from seqcl.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric",
-            "references", "reuse", "launch")
+            "references", "reuse", "launch", "split")
+#: Splits a report can read (``split:``; ``seqcl study report --split``).
+REPORT_SPLITS = ("test", "valid", "test_history_excluded", "test_history_kept")
 LAUNCH_KEYS = ("nproc_per_node",)
 SEARCH_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -125,6 +128,7 @@ class StudySpec:
     #: with this study's config hash are copied instead of trained (:mod:`seqcl_study.reuse`)
     reuse: list[str] = field(default_factory=list)
     launch: Launch = field(default_factory=Launch)  # every variant's, unless it sets its own
+    split: str = "test"  # the split the report reads (its end-of-study report and ``seqcl study report``)
 
     def launch_of(self, variant: str) -> Launch:
         """The launcher of ``variant``'s runs: its own ``launch:`` or the study's."""
@@ -398,8 +402,11 @@ def parse_spec(data: Any, source: str = "<study>", overrides: list[tuple[str, An
     if reuse_dirs and search:
         raise _err(source, "reuse is for grid studies (a search samples its trials as it goes)")
     launch = _check_launch(data.get("launch"), "launch", source) or Launch()
+    split = data.get("split", "test")
+    if split not in REPORT_SPLITS:
+        raise _err(source, f"split must be one of {', '.join(REPORT_SPLITS)}, got {split!r}")
     return StudySpec(study_name, base_tree, variants, grid, search, trials, list(seeds), baseline, metric,
-                     str(description), source, references, reuse_dirs, launch)
+                     str(description), source, references, reuse_dirs, launch, split)
 
 
 def _check_reuse(listed: Any, flags: Sequence[str], folder: Path, source: str) -> list[str]:

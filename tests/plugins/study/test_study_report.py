@@ -3,6 +3,7 @@ recomputed here from each run's summary.json and ranks.pt, and `seqcl compare`."
 
 import csv
 import json
+import shutil
 import statistics
 
 import numpy as np
@@ -153,6 +154,24 @@ def test_report_on_another_split_sits_beside_the_default_one(tiny_study, capsys)
         values = [json.loads((tiny_study / "runs" / r / "summary.json").read_text())["test_history_kept"]["mrr@10"]
                   for r in runs]
         assert float(kept[label]["mrr@10_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
+
+
+def test_the_study_files_split_is_the_reports_default(tiny_study, tmp_path, capsys):
+    study = tmp_path / "tiny"
+    shutil.copytree(tiny_study, study, ignore=shutil.ignore_patterns("report*", "*.png"))
+    info = json.loads((study / "study.json").read_text())
+    info["spec"]["split"] = "valid"  # as `split: valid` in the study file writes it
+    (study / "study.json").write_text(json.dumps(info))
+    assert main(["study", "report", str(study), "--bootstrap", "0", "--no-plots"]) == 0
+    assert "Valid split" in capsys.readouterr().out
+    assert not (study / "report.md").exists()  # nothing read from the test split
+    with open(study / "report-valid.csv") as fh:
+        table = {r["label"]: r for r in csv.DictReader(fh)}
+    for label, runs in ARMS.items():
+        values = [json.loads((study / "runs" / r / "summary.json").read_text())["valid"]["mrr@10"] for r in runs]
+        assert float(table[label]["mrr@10_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
+    assert main(["study", "report", str(study), "--split", "test", "--bootstrap", "0", "--no-plots"]) == 0
+    assert (study / "report.md").read_text().startswith("# Study `tiny`\n\nTest split")  # the flag wins
 
 
 def test_compare_two_runs(tiny_study, capsys):

@@ -48,6 +48,7 @@ def spec(**fields):
     ({"references": {"a": {"hr@5": 0.1}}}, "references: a: needs a mapping with source:"),
     ({"references": {"a": {"source": "x", "auc": 0.1}}}, "references: a: 'auc' is not a metric"),
     ({"references": {"a": {"source": "x", "hr@5": "high"}}}, "references: a: hr@5 must be a number"),
+    ({"split": "train"}, "split must be one of test, valid, test_history_excluded, test_history_kept, got 'train'"),
 ])
 def test_shape_errors_name_the_key(fields, message):
     with pytest.raises(ConfigError) as info:
@@ -177,3 +178,8 @@ def test_config_diff_separates_changes_from_new_options():
 def test_references_are_kept_in_the_saved_spec():
     parsed = parse_spec(spec(references={"a": {"source": "paper, Table 2", "hr@5": 0.0582}}), "s.yaml")
     assert parsed.to_dict()["references"] == {"a": {"source": "paper, Table 2", "hr@5": 0.0582}}
+
+
+def test_split_is_kept_in_the_saved_spec():
+    assert parse_spec(spec(), "s.yaml").to_dict()["split"] == "test"
+    assert parse_spec(spec(split="valid"), "s.yaml").to_dict()["split"] == "valid"

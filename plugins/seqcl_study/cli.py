@@ -17,6 +17,8 @@ import click
 
 from seqcl.errors import SeqclError
 
+from .splits import REPORT_SPLITS
+
 #: the import names of the ``study`` extra (pyproject.toml), and what each command needs of it
 EXTRA = "study"
 NEEDS = {
@@ -62,7 +64,6 @@ def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-SPLITS = ["test", "valid", "test_history_excluded", "test_history_kept"]
 SPLIT_HELP = "Which split's metrics and ranks (test_history_*: the test split under either protocol)"
 report_options = [
     click.option("--test", "test", type=click.Choice(["ttest", "wilcoxon"]), default="ttest", show_default=True,
@@ -205,7 +206,7 @@ def status_cmd(study_dir: str) -> None:
 
 @study.command("report")
 @click.argument("study_dir", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(SPLITS), default=None,
+@click.option("--split", type=click.Choice(REPORT_SPLITS), default=None,
               help=f"{SPLIT_HELP}; a split other than test writes report-<split>.md/.csv. "
                    "[default: the study file's split:, else test]")
 @_with(report_options)
@@ -226,7 +227,7 @@ def report_cmd(study_dir: str, split: str | None, test: str, n_boot: int, boot_s
 @click.command("compare")
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help=SPLIT_HELP + ".")
+@click.option("--split", type=click.Choice(REPORT_SPLITS), default="test", show_default=True, help=SPLIT_HELP + ".")
 @_with(report_options)
 def compare(run_a: str, run_b: str, split: str, test: str, n_boot: int, boot_seed: int) -> None:
     """Metric deltas of run RUN_B against run RUN_A, paired over users, with bootstrap CIs."""

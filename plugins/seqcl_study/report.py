@@ -32,6 +32,7 @@ from seqcl.errors import ConfigError
 from .files import read_json, read_json_dict
 from .results import Arm, Report, RunResult, Table, group_label
 from .reuse import reused_from
+from .splits import SPLIT_TITLES
 from .stats import compare_seeds, compare_users, ks_of, metric_names, seed_average
 
 
@@ -325,15 +326,6 @@ def csv_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
                                 f"{m}_ci_high": c.ci_high, f"{m}_p": c.p})
             rows.append(row)
     return header, rows
-
-
-#: What the report's first line calls each split ("test" is the protocol the runs were configured with).
-SPLIT_TITLES = {
-    "valid": "Valid split",
-    "test": "Test split",
-    "test_history_excluded": "Test split, the user's full history excluded from the ranking (seqcl's default)",
-    "test_history_kept": "Test split, the user's history kept in the ranking (RecBole's protocol)",
-}
 
 
 def report_stem(split: str) -> str:

@@ -38,10 +38,10 @@ from typing import Any
 from seqcl.config import parse_assignment, read_yaml
 from seqcl.errors import ConfigError
 
+from .splits import REPORT_SPLITS
+
 TOP_KEYS = ("name", "description", "base", "variants", "grid", "search", "trials", "seeds", "baseline", "metric",
             "references", "reuse", "launch", "split")
-#: Splits a report can read (``split:``; ``seqcl study report --split``).
-REPORT_SPLITS = ("test", "valid", "test_history_excluded", "test_history_kept")
 LAUNCH_KEYS = ("nproc_per_node",)
 SEARCH_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

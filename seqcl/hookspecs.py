@@ -109,9 +109,14 @@ def register_objectives(register: Register) -> None:
 
         encoder: s3rec
         stages:
-          - {name: pretrain, objective: mip, epochs: 150, set: {s3rec.attention: bidirectional},
+          - {name: pretrain, objective: mip, epochs: 150,
+             set: {s3rec.attention: bidirectional, train.batch_size: 100, train.patience: 150},
              handoff: [encoder], handoff_from: last}
-          - {name: finetune, objective: ce}
+          - {name: finetune, objective: ce, set: {s3rec.attention: causal}}
+
+    (the s3rec plugin's ``DEFAULT_STAGES``: ``train.patience: 150`` keeps the
+    pre-training stage from stopping early on a valid MRR that masked item
+    prediction does not aim at, so it hands on its ``last`` epoch, the 150th).
     """
 
 

@@ -49,7 +49,8 @@ core runs it and names no method. Each hook is optional, and the default path
           if not fit.resumed:                               # resumed: the state is in last.pt
               pooled = torch.cat([pool(fit.encoder, b.items) for b in fit.batches()])
               self.centres.copy_(kmeans(pooled, self.k))    # ELCRec
-      def on_epoch_start(self, epoch: int) -> None: ...     # epoch counts from 1
+      def on_epoch_start(self, epoch: int) -> None:         # epoch counts from 1, also the first after --resume
+          self.tau = self.tau_end + (self.tau_start - self.tau_end) * 0.9 ** (epoch - 1)  # a τ schedule
       def after_optimizer_step(self) -> None:               # after every optimiser step
           with torch.no_grad():
               self.centres.copy_(F.normalize(self.centres, dim=-1))
@@ -129,7 +130,8 @@ class Batch:
 class Views:
     """Named representations produced by an augmenter, and the pairs to contrast.
 
-    tensors: name → (B, d). ``pairs`` lists (a, b) view names; row u of ``a`` is
+    tensors: name → (B, d), or (B, *shape) for a name the augmenter declares in
+    ``view_shapes`` (e.g. CFIT4SRec's flattened (B, T·d)). ``pairs`` lists (a, b) view names; row u of ``a`` is
     the positive of row u of ``b``. Generic loss terms (``cl``, ``boundary``)
     sum over all pairs; ``align`` needs exactly two.
     """

@@ -45,7 +45,7 @@ from test_resume import assert_same_weights, records
 #: exact through the share weighting; a rank-local ``cl`` (negatives of its shard only) must not be
 CASES = [("none", "none", ()), ("random", "random", ()), ("dropout", "dropout", ()),
          ("aclsrec", "aclsrec", ()), ("aclsrec-local-align", "aclsrec", ("align",)),
-         ("aclsrec-local-cl", "aclsrec", ("cl",))]
+         ("aclsrec-local-cl", "aclsrec", ("cl",)), ("elcrec", "elcrec", ())]
 EXACT = [c[0] for c in CASES if c[0] != "aclsrec-local-cl"]
 GLOBAL_BATCH = 9
 #: float32 sums in another order (a 5-row and a 4-row matmul instead of one 9-row one)
@@ -265,10 +265,15 @@ def test_only_rank_0_reports(monkeypatch, tmp_path, capsys):
 
 
 def test_contrastive_terms_declare_the_global_batch():
-    """``cl``, ``align`` and ``boundary`` are computed on the gathered global batch under torchrun."""
+    """``cl``, ``align`` and ``boundary``, and every registered term with in-batch negatives, are computed
+    on the gathered global batch under torchrun (a term that forgot would contrast one rank's rows only)."""
     plugins = load_plugins()
     for name in ("cl", "align", "boundary"):
         assert distributed.needs_global_batch(plugins.registry.get("loss_term", name).factory)
+    with_negatives = [name for name in plugins.registry.names("loss_term")
+                      if getattr(plugins.registry.get("loss_term", name).factory, "needs_negatives", False)]
+    assert {"cl", "boundary", "mcl", "intent"} <= set(with_negatives)
+    assert [n for n in with_negatives if not distributed.needs_global_batch(plugins.registry.get("loss_term", n).factory)] == []
 
 
 def test_a_pinned_device_index_is_refused_under_torchrun(two_ranks):

@@ -138,6 +138,7 @@ class IntentTerm:
     """ELCRec's intent CL (the code's ``PCLoss`` without de-noising)."""
 
     needs_negatives = True
+    needs_global_batch = True  # in-batch negatives over all ranks' rows (seqcl.interfaces.LossTerm)
 
     def __init__(self, options: IntentOptions, ctx: BuildContext) -> None:
         _check_elcrec("intent", AugmenterInfo(ctx.augmenter, ctx.view_pairs))

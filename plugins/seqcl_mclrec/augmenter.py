@@ -128,6 +128,7 @@ class MetaContrastTerm:
     """``L_cl2 + rl_weight · R`` on the views ``h1``, ``h2``, ``z1``, ``z2`` of augmenter ``mclrec``."""
 
     needs_negatives = True
+    needs_global_batch = True  # in-batch negatives over all ranks' rows (seqcl.interfaces.LossTerm)
 
     def __init__(self, options: MetaContrastOptions, ctx: BuildContext) -> None:
         self.check(options, AugmenterInfo(ctx.augmenter, ctx.view_pairs))

@@ -228,3 +228,24 @@ def test_fast_step_equals_plain_step(plugins, tmp_path, tiny_file):
     ref = loss_and_grads(model, full, r, "padded", state=state)
     assert float(ref[0]) > 0 and ref[1].keys() == got[1].keys() and len(ref[1]) > 4
     assert_close(got, ref)
+
+
+def test_one_step_the_views_reach_every_encoder_parameter(plugins, tmp_path, tiny_file):
+    """The default plan (one Adam step over every parameter; the augmenter owns none, its masks are buffers):
+    the ``cl`` term alone sends a gradient to every encoder parameter (the views run the embedding before
+    dropout, the positions and every layer), and one step of the training loop moves all of them."""
+    from seqcl.data.dataset import training_samples
+    from seqcl.training import make_optimizer, train_epoch
+
+    r, data, model = build(plugins, tmp_path, tiny_file, "cfit4srec")
+    assert model.plan is None and list(model.augmenter.parameters()) == []
+    params = dict(model.encoder.named_parameters())
+    assert len(params) == len(list(model.parameters()))
+    model.train(True)
+    cl = model.step(fixed_batch(data, model)).values["cl"]
+    grads = torch.autograd.grad(cl, list(params.values()), allow_unused=True)
+    assert [n for n, g in zip(params, grads) if g is None or not g.abs().sum() > 0] == []
+    before = {n: p.detach().clone() for n, p in params.items()}
+    train_epoch(model, make_optimizer(model, r), training_samples(data), r, torch.Generator().manual_seed(0),
+                torch.device("cpu"), max_batches=1)
+    assert [n for n, p in params.items() if torch.equal(p, before[n])] == []

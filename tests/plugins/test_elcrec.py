@@ -179,3 +179,82 @@ def test_intent_computes_with_its_resolved_tau(plugins):
         return out
 
     assert not torch.isclose(value(0.37), value(0.74))
+
+
+# --------------------------------------------------------------------------- views and one optimiser step
+
+
+def _model(plugins, tmp_path, tiny_file):
+    from seqcl.data.dataset import training_samples
+    from seqcl.lifecycle import fit_context
+    from seqcl.training import prepare
+
+    r = config(plugins, tmp_path, "sasrec.dropout=0", "sasrec.attn_dropout=0", dataset=tiny_file)
+    data, _, model = prepare(r, plugins)
+    samples = training_samples(data)
+    model.callbacks.on_fit_start(fit_context(model.encoder, samples, 64, model.max_len, "cpu", 0))
+    return r, samples, model
+
+
+def test_views_match_loops(plugins, tmp_path, tiny_file):
+    """``intent``, ``clu``, ``pool1/2`` and the shifted, flattened ``inst1/2`` of one batch, against loops
+    over rows, slots and centres (the augmentations replayed from the augmenter's stream)."""
+    from seqcl.interfaces import Batch
+    from seqcl.training import iterate_batches
+
+    _, samples, model = _model(plugins, tmp_path, tiny_file)
+    model.train(False)
+    aug, enc = model.augmenter, model.encoder
+    batch = next(iterate_batches(samples, 6, model.max_len, torch.Generator().manual_seed(0), torch.device("cpu"),
+                                 trim=False))
+    hidden = enc.contextualize(enc.embed(batch.items), batch.items)
+    gen = aug.generator(torch.device("cpu"))
+    state = gen.get_state()
+    with torch.no_grad():
+        views = aug(batch, enc, None, hidden).tensors
+    gen.set_state(state)
+    v1, v2 = aug.augment(batch.items, gen)
+    c = aug.centres.detach()
+    k, (b, t), d = c.shape[0], batch.items.shape, c.shape[1]
+
+    def nearest_centre(x):  # the centre of lowest squared distance, by a loop
+        dist = [float(((x - c[j]) ** 2).sum()) for j in range(k)]
+        return c[dist.index(min(dist))]
+
+    with torch.no_grad():
+        for i in range(b):
+            z = hidden[i].mean(0) / hidden[i].mean(0).norm()
+            torch.testing.assert_close(views["intent"][i], nearest_centre(z))
+            pull = sum(float(((z - c[j]) ** 2).sum()) for j in range(k)) / k
+            push = sum(float(((c[a] - c[j]) ** 2).sum()) for a in range(k) for j in range(k)) / k ** 2
+            assert views["clu"][i].item() == pytest.approx(pull - push, rel=1e-4, abs=1e-4)
+            for n, v in ((1, v1), (2, v2)):
+                out = enc.contextualize(enc.embed(v[i:i + 1]), v[i:i + 1])[0]  # (T, d), this row alone
+                torch.testing.assert_close(views[f"pool{n}"][i], out.mean(0), rtol=1e-4, atol=1e-5)
+                shifted = torch.stack([out[s] + nearest_centre(out[s]) for s in range(t)])
+                torch.testing.assert_close(views[f"inst{n}"][i], shifted.reshape(t * d), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(views["inst1"], views["inst2"])  # two different augmentations
+
+
+def test_one_step_trains_the_centres_and_the_encoder(plugins, tmp_path, tiny_file):
+    """The default plan (one Adam step over every parameter): each of the three terms sends a gradient to the
+    centres, the step moves them and the encoder, and the projection leaves them unit rows."""
+    from seqcl.training import iterate_batches, make_optimizer, train_epoch
+
+    r, samples, model = _model(plugins, tmp_path, tiny_file)
+    assert model.plan is None
+    model.train(True)
+    batch = next(iterate_batches(samples, 32, model.max_len, torch.Generator().manual_seed(0), torch.device("cpu"),
+                                 trim=False))
+    values = model.step(batch).values
+    for term in ("cl", "intent", "cluster"):
+        (grad,) = torch.autograd.grad(values[term], [model.augmenter.centres], retain_graph=True)
+        assert grad.abs().sum() > 0, term
+    params = {**{f"encoder.{n}": p for n, p in model.encoder.named_parameters()},
+              **{f"augmenter.{n}": p for n, p in model.augmenter.named_parameters()}}
+    assert list(params)[-1] == "augmenter.centres" and len(params) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in params.items()}
+    train_epoch(model, make_optimizer(model, r), samples, r, torch.Generator().manual_seed(0), torch.device("cpu"),
+                max_batches=1)
+    assert [n for n, p in params.items() if torch.equal(p, before[n])] == []  # every parameter moved
+    torch.testing.assert_close(model.augmenter.centres.detach().norm(dim=1), torch.ones(16))

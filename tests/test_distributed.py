@@ -270,10 +270,10 @@ def test_contrastive_terms_declare_the_global_batch():
     plugins = load_plugins()
     for name in ("cl", "align", "boundary"):
         assert distributed.needs_global_batch(plugins.registry.get("loss_term", name).factory)
-    with_negatives = [name for name in plugins.registry.names("loss_term")
-                      if getattr(plugins.registry.get("loss_term", name).factory, "needs_negatives", False)]
+    terms = {name: plugins.registry.get("loss_term", name).factory for name in plugins.registry.names("loss_term")}
+    with_negatives = [name for name, term in terms.items() if getattr(term, "needs_negatives", False)]
     assert {"cl", "boundary", "mcl", "intent"} <= set(with_negatives)
-    assert [n for n in with_negatives if not distributed.needs_global_batch(plugins.registry.get("loss_term", n).factory)] == []
+    assert [n for n in with_negatives if not distributed.needs_global_batch(terms[n])] == []
 
 
 def test_a_pinned_device_index_is_refused_under_torchrun(two_ranks):

@@ -25,10 +25,9 @@ to the objective and the encoder, which an augmenter does not set.
 Not followed: the code encodes the two augmented batches twice (once per CL term, two dropout
 samples); here one pass serves both terms. Its k-means is faiss's (20 iterations, best of several
 restarts); here Lloyd's, ``kmeans_iters`` iterations from one random start, on the augmenter's own
-stream. It clusters one full sequence per user; here every training sample (every prefix).
-It trains one sequence per user (BCE over every position, the CL and clustering terms on the whole
-sequence); here every prefix is a sample, as for every seqcl method. Under this sampling the code's
-clustering weight (10) stalls the main loss (docs/results.md §5: built-in valid MRR@10 0.036 against
+stream. It trains and clusters one sequence per user (BCE over every position, the CL and clustering
+terms on the whole sequence); here every prefix is a sample, as for every seqcl method. Under this
+sampling the code's clustering weight (10) stalls the main loss (docs/results.md §5: built-in valid MRR@10 0.036 against
 0.435 with ``loss.cluster.weight=0``); the defaults stay the code's.
 """
 

@@ -199,7 +199,6 @@ def _model(plugins, tmp_path, tiny_file):
 def test_views_match_loops(plugins, tmp_path, tiny_file):
     """``intent``, ``clu``, ``pool1/2`` and the shifted, flattened ``inst1/2`` of one batch, against loops
     over rows, slots and centres (the augmentations replayed from the augmenter's stream)."""
-    from seqcl.interfaces import Batch
     from seqcl.training import iterate_batches
 
     _, samples, model = _model(plugins, tmp_path, tiny_file)

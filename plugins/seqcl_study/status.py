@@ -5,7 +5,8 @@ the report counts finished runs only. This reads each run's folder — finished
 (``<run>/summary.json``), in progress (``<run>.incomplete/metrics.jsonl``: resumable from
 its last epoch), started (a ``<run>.incomplete`` without an epoch yet) or not started —
 and says how far each one is from early stopping (epochs since its best, against its
-patience). Nothing is trained, locked or written,
+patience). A run in stages (S3Rec: pre-training, then fine-tuning) is read from its
+latest stage's folder, and says which stage that is. Nothing is trained, locked or written,
 so it is safe while the study runs.
 """
 
@@ -33,6 +34,7 @@ class RunStatus:
     patience: int | None = None
     seconds_per_epoch: float | None = None  # median of the last five epochs (validation included)
     rss_mb: float | None = None  # resident memory after its last epoch
+    stage: str | None = None  # a run in stages: the stage read, "2/2 finetune"
 
     @property
     def since_best(self) -> int:
@@ -54,10 +56,11 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
         state = "finished"
     else:
         state = "in progress"
-    records = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
-    if state == "in progress" and not records:
+    stage, metrics_folder = _latest_stage(folder)
+    records = read_jsonl(metrics_folder / "metrics.jsonl") if (metrics_folder / "metrics.jsonl").is_file() else []
+    if state == "in progress" and not records and (stage is None or stage.startswith("1/")):
         state = "started"  # running its first epoch, or stopped before one was saved: nothing to resume
-    status = RunStatus(name, state)
+    status = RunStatus(name, state, stage=stage)
     scored = [r for r in records if metric in (r.get("valid") or {})]
     if scored:
         top = max(scored, key=lambda r: r["valid"][metric])  # the first of equal scores: early stopping's best
@@ -65,9 +68,24 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
         seconds = [float(r["seconds"]) for r in records[-5:] if "seconds" in r]
         status.seconds_per_epoch = statistics.median(seconds) if seconds else None
         status.rss_mb = records[-1].get("rss_mb")
-    if (folder / "config.yaml").is_file():
-        status.patience = (read_yaml(folder / "config.yaml").get("train") or {}).get("patience")
+    if (metrics_folder / "config.yaml").is_file():
+        status.patience = (read_yaml(metrics_folder / "config.yaml").get("train") or {}).get("patience")
     return status
+
+
+def _latest_stage(folder: Path) -> tuple[str | None, Path]:
+    """``("i/n name", its folder)`` of the last stage a run in stages has begun; ``(None, folder)``
+    for a run without stages or one that has begun none."""
+    config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    stages = config.get("stages") or []
+    if not stages:
+        return None, folder
+    for i in range(len(stages), 0, -1):
+        name = f"{i}-{stages[i - 1]['name']}"
+        for candidate in (folder / name, folder / f"{name}.incomplete"):
+            if candidate.is_dir():
+                return f"{i}/{len(stages)} {stages[i - 1]['name']}", candidate
+    return None, folder
 
 
 def study_status(study_dir: str | Path) -> tuple[dict[str, Any], list[RunStatus]]:
@@ -95,7 +113,8 @@ def format_status(info: dict[str, Any], runs: list[RunStatus]) -> str:
         since = f"{s.since_best} / {s.patience if s.patience is not None else '?'}" if s.best is not None else "–"
         secs = f"{s.seconds_per_epoch:.0f}" if s.seconds_per_epoch is not None else "–"
         rss = f"{s.rss_mb:.0f}" if s.rss_mb is not None else "–"
-        lines.append(f"| {s.run} | {s.state} | {s.epochs or '–'} | {best} | {since} | {secs} | {rss} |")
+        state = f"{s.state}, stage {s.stage}" if s.stage else s.state
+        lines.append(f"| {s.run} | {state} | {s.epochs or '–'} | {best} | {since} | {secs} | {rss} |")
     counts: dict[str, int] = {}
     for s in runs:
         key = "same config as another run" if s.state.startswith("same as") else s.state

@@ -38,3 +38,42 @@ def test_status_of_finished_in_progress_and_not_started_runs(tmp_path, tiny_file
 
     assert main(["study", "status", str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err
+
+
+def _stage_folder(folder, records, patience):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"train:\n  patience: {patience}\n")
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "valid": {"mrr@10": v}, "seconds": 10.0 * e}) + "\n"
+        for e, v in enumerate(records, 1)))
+
+
+def test_status_reads_a_run_in_stages_from_its_latest_stage(tmp_path, capsys):
+    """S3Rec's table run pre-trains for hours: the row says which stage it is in, with that stage's epochs."""
+    study = tmp_path / "t"
+    cells = [{"run": f"s3rec__s{i}", "same_as": None} for i in (1, 2, 3, 4)]
+    (study / "runs").mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps({"name": "t", "mode": "grid", "metric": "mrr@10", "cells": cells}))
+    stages = "stages:\n- {name: pretrain, objective: mip}\n- {name: finetune, objective: ce}\ntrain:\n  patience: 10\n"
+    for i in (1, 2, 3, 4):
+        run = study / "runs" / (f"s3rec__s{i}" + ("" if i == 1 else ".incomplete"))
+        run.mkdir()
+        (run / "config.yaml").write_text(stages)
+    runs = study / "runs"
+    _stage_folder(runs / "s3rec__s1" / "1-pretrain", [0.001, 0.002], 150)  # finished: both stages
+    _stage_folder(runs / "s3rec__s1" / "2-finetune", [0.01, 0.03, 0.02], 10)
+    (runs / "s3rec__s1" / "summary.json").write_text("{}")
+    _stage_folder(runs / "s3rec__s2.incomplete" / "1-pretrain.incomplete", [0.001, 0.003, 0.002, 0.001], 150)
+    _stage_folder(runs / "s3rec__s3.incomplete" / "1-pretrain", [0.001], 150)  # pre-trained; fine-tuning claimed
+    (runs / "s3rec__s3.incomplete" / "2-finetune.incomplete").mkdir()
+    # s3rec__s4: claimed, no stage begun
+
+    assert main(["study", "status", str(study)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| s3rec")}
+    assert rows["s3rec__s1"][:4] == ["finished, stage 2/2 finetune", "3", "0.0300 (2)", "1 / 10"]
+    assert rows["s3rec__s2"][:5] == ["in progress, stage 1/2 pretrain", "4", "0.0030 (2)", "2 / 150", "25"]
+    assert rows["s3rec__s3"][:2] == ["in progress, stage 2/2 finetune", "–"]
+    assert rows["s3rec__s4"] == ["started", "–", "–", "–", "–", "–"]
+    assert out.rstrip().endswith("1 finished, 2 in progress, 1 started")

@@ -35,6 +35,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "data"
 
 
+def stage_folder_name(index: int, stage: dict[str, Any]) -> str:
+    """The folder of a run's ``index``-th stage (from 1) inside the run's folder: ``"1-pretrain"``."""
+    return f"{index}-{stage['name']}"
+
+
 @dataclass
 class RunDir:
     """A run directory being written."""

@@ -39,7 +39,7 @@ import torch
 from seqcl import checkpoint
 from seqcl.config import SELECTION_KEYS, Resolved, read_yaml, resolve
 from seqcl.errors import ConfigError, NonFiniteLoss
-from seqcl.runs import BEST, INCOMPLETE, LAST, RunDir
+from seqcl.runs import BEST, INCOMPLETE, LAST, RunDir, stage_folder_name
 
 Log = Callable[[str], None]
 
@@ -122,7 +122,7 @@ def _continue(parent: RunDir, resolved: Resolved, configs: list[Resolved], plugi
     results, previous = [], None
     try:
         for i, (stage, config) in enumerate(zip(stages, configs), 1):
-            name = f"{i}-{stage['name']}"
+            name = stage_folder_name(i, stage)
             _place(config, parent, name)
             final = parent.path / name
             incomplete = final.with_name(name + INCOMPLETE)

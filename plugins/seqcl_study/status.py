@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from seqcl.errors import ConfigError
+from seqcl.runs import stage_folder_name
 
 from .files import read_json_dict, read_jsonl, read_yaml
 
@@ -56,9 +57,9 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
         state = "finished"
     else:
         state = "in progress"
-    stage, metrics_folder = _latest_stage(folder)
+    index, stage, metrics_folder = _latest_stage(folder)
     records = read_jsonl(metrics_folder / "metrics.jsonl") if (metrics_folder / "metrics.jsonl").is_file() else []
-    if state == "in progress" and not records and (stage is None or stage.startswith("1/")):
+    if state == "in progress" and not records and index <= 1:
         state = "started"  # running its first epoch, or stopped before one was saved: nothing to resume
     status = RunStatus(name, state, stage=stage)
     scored = [r for r in records if metric in (r.get("valid") or {})]
@@ -73,19 +74,17 @@ def run_status(runs_dir: Path, cell: dict[str, Any], metric: str) -> RunStatus:
     return status
 
 
-def _latest_stage(folder: Path) -> tuple[str | None, Path]:
-    """``("i/n name", its folder)`` of the last stage a run in stages has begun; ``(None, folder)``
+def _latest_stage(folder: Path) -> tuple[int, str | None, Path]:
+    """``(i, "i/n name", its folder)`` of the last stage a run in stages has begun; ``(0, None, folder)``
     for a run without stages or one that has begun none."""
     config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
     stages = config.get("stages") or []
-    if not stages:
-        return None, folder
     for i in range(len(stages), 0, -1):
-        name = f"{i}-{stages[i - 1]['name']}"
+        name = stage_folder_name(i, stages[i - 1])
         for candidate in (folder / name, folder / f"{name}.incomplete"):
             if candidate.is_dir():
-                return f"{i}/{len(stages)} {stages[i - 1]['name']}", candidate
-    return None, folder
+                return i, f"{i}/{len(stages)} {stages[i - 1]['name']}", candidate
+    return 0, None, folder
 
 
 def study_status(study_dir: str | Path) -> tuple[dict[str, Any], list[RunStatus]]:

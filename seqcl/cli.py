@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from seqcl.config import EXECUTION_KEYS
 from seqcl.errors import PluginError, SeqclError
 from seqcl.memory import enable_thp_env, reexec_with_tunables
 
@@ -92,7 +93,8 @@ def cli(debug: bool) -> None:
               help="Send records to a logger plugin, e.g. tensorboard (repeatable; --set run.loggers=[...]).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR",
-              help="Continue an interrupted run from its last.pt (its config.yaml is used; no other options).")
+              help="Continue an interrupted run from its last.pt (its config.yaml is used; --set only for "
+                   f"{', '.join(EXECUTION_KEYS)}).")
 @plugin_option
 def train(config_file, dataset, augmenter, encoder, objective, assignments, with_terms, without_terms, epochs, seed, device,
           loggers, dry_run, resume_dir, plugin_modules) -> None:
@@ -100,7 +102,8 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
 
     A checkpoint (last.pt) is written after every epoch; after Ctrl-C, a kill or
     a crash, `seqcl train --resume RUN_DIR` continues where the run stopped and
-    ends with exactly the results of an uninterrupted run (on CPU).
+    ends with exactly the results of an uninterrupted run (on CPU, same threads).
+    On a bigger machine: `--resume RUN_DIR --set train.threads=8`.
     """
     from seqcl.config import parse_assignment, read_yaml, resolve
     from seqcl.errors import ConfigError
@@ -111,14 +114,15 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
                  ("--epochs", "train.epochs", epochs), ("--seed", "train.seed", seed),
                  ("--device", "train.device", device), ("--logger", "run.loggers", list(loggers) or None)]
     if resume_dir is not None:
-        others = [("--config", config_file), ("--set", assignments), ("--with", with_terms),
-                  ("--without", without_terms), ("--dry-run", dry_run)]
+        others = [("--config", config_file), ("--with", with_terms), ("--without", without_terms),
+                  ("--dry-run", dry_run)]
         given = [flag for flag, _, value in shortcuts if value is not None] + [flag for flag, value in others if value]
         if given:
-            raise ConfigError(f"--resume uses the run's own config.yaml; it takes no {', '.join(given)}")
+            raise ConfigError(f"--resume uses the run's own config.yaml; it takes no {', '.join(given)} "
+                              f"(--set only for {', '.join(EXECUTION_KEYS)})")
         from seqcl.training import resume
 
-        _print_result(resume(resume_dir, loaded))
+        _print_result(resume(resume_dir, loaded, overrides=[parse_assignment(a) for a in assignments]))
         return
     file_config = read_yaml(config_file) if config_file else {}
     overrides = [parse_assignment(a) for a in assignments]

@@ -97,6 +97,11 @@ CORE_SECTIONS: dict[str, type] = {
     "run": RunOptions,
 }
 SELECTION_KEYS = ("dataset", "encoder", "augmenter", "objective")
+#: Settings that decide how a run executes, not what it learns. A resume may change them
+#: (``seqcl train --resume RUN --set train.threads=2``: the run moved to a bigger machine), and a
+#: study leaves them out of a run's identity. ``train.device`` is not one: the random streams are
+#: per device, so a run resumed on another device would not be the run it continues.
+EXECUTION_KEYS = ("train.threads", "eval.batch_size", "data.cache_dir")
 #: ``objective`` "" = the encoder's ``default_objective``
 DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none", "objective": ""}
 #: Keys that moved, and where: a config that uses one gets a one-line error naming the new key.
@@ -191,6 +196,15 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+def execution_overrides(assignments: list[tuple[str, Any]], origin: str) -> list[tuple[str, Any]]:
+    """``assignments`` when each sets one of :data:`EXECUTION_KEYS`; else one line naming the first that does not."""
+    for key, _ in assignments:
+        if key not in EXECUTION_KEYS:
+            raise ConfigError(f"{origin}: {key} cannot change when a run resumes (it would be another run); "
+                              f"a resume takes --set only for {', '.join(EXECUTION_KEYS)}")
+    return list(assignments)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class SingleRun(NamedTuple):
     """The single-run functions of :mod:`seqcl.training` (passed in: training imports this module)."""
 
     train: Callable[..., Any]  # train(resolved, plugins, log, init=None, init_label="")
-    resume: Callable[..., Any]  # resume(path, plugins, log)
+    resume: Callable[..., Any]  # resume(path, plugins, log, overrides=None)
     new_run_dir: Callable[[Resolved, Any], RunDir]
     from_summary: Callable[[Path], Any]  # a finished run folder -> TrainResult
 
@@ -88,13 +88,19 @@ def train(resolved: Resolved, plugins: Any, log: Log, single: SingleRun) -> Any:
     return _continue(single.new_run_dir(resolved, plugins), resolved, configs, plugins, log, single)
 
 
-def resume(path: str | Path, plugins: Any, log: Log, single: SingleRun) -> Any:
-    """Continue a run in stages from where it stopped (see the module doc)."""
+def resume(path: str | Path, plugins: Any, log: Log, single: SingleRun,
+           overrides: list[tuple[str, Any]] | None = None) -> Any:
+    """Continue a run in stages from where it stopped (see the module doc); ``overrides``
+    (checked by the caller: how the run executes) apply to the stage in progress and those after it."""
+    overrides = list(overrides or [])
     run = RunDir.open(path, checkpoint=False)
-    resolved = resolve(plugins.registry, read_yaml(run.path / "config.yaml"))
+    saved = read_yaml(run.path / "config.yaml")
+    resolved = resolve(plugins.registry, saved, overrides)
+    if overrides and resolved.tree != resolve(plugins.registry, saved).tree:
+        run.write_text("config.yaml", resolved.to_yaml())
     configs = [stage_config(plugins.registry, resolved.tree, s) for s in resolved.stages]
     log(f"resuming {run.path} (a run in {len(configs)} stages)")
-    return _continue(run, resolved, configs, plugins, log, single)
+    return _continue(run, resolved, configs, plugins, log, single, overrides)
 
 
 def _place(resolved: Resolved, parent: RunDir, name: str) -> None:
@@ -117,7 +123,7 @@ def handoff(folder: Path, stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _continue(parent: RunDir, resolved: Resolved, configs: list[Resolved], plugins: Any, log: Log,
-              single: SingleRun) -> Any:
+              single: SingleRun, overrides: list[tuple[str, Any]] | None = None) -> Any:
     stages = resolved.stages
     results, previous = [], None
     try:
@@ -132,7 +138,7 @@ def _continue(parent: RunDir, resolved: Resolved, configs: list[Resolved], plugi
                 result = single.from_summary(final)
             elif (incomplete / LAST).is_file():
                 log(f"{label}: resuming")
-                result = single.resume(incomplete, plugins, log)
+                result = single.resume(incomplete, plugins, log, overrides)
             else:
                 shutil.rmtree(incomplete, ignore_errors=True)  # stopped before its first epoch ended
                 init = handoff(previous[0], previous[1]) if previous else None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from seqcl import checkpoint, distributed, stages
 from seqcl.checkpoint import FitState
-from seqcl.config import Resolved, read_yaml, resolve
+from seqcl.config import Resolved, execution_overrides, flatten, read_yaml, resolve
 from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
 from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
@@ -499,33 +499,47 @@ def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None]
         return _run(resolved, plugins, None, _rank_log(world, log), None, init, init_label)
 
 
-def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None) -> TrainResult:
+def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None,
+           overrides: list[tuple[str, Any]] | None = None) -> TrainResult:
     """Continue an interrupted run from its ``last.pt``; the result equals an uninterrupted run (CPU).
 
-    Refused (one line): a finished or failed run, a folder without a checkpoint,
-    a ``config.yaml`` or data file changed since the checkpoint.
+    ``overrides`` may change only how the run executes (:data:`seqcl.config.EXECUTION_KEYS`,
+    e.g. ``train.threads`` on a machine with more cores); the run's ``config.yaml`` records
+    them. Refused (one line): any other key, a finished or failed run, a folder without a
+    checkpoint, a ``config.yaml`` or data file changed since the checkpoint.
     """
+    overrides = execution_overrides(list(overrides or []), f"--resume {path}")
     if stages.is_staged(path):
         if distributed.launched():
             raise ConfigError("runs in stages do not run under torchrun yet; resume it in one process")
-        return stages.resume(path, plugins, log or _stderr, _SINGLE)
+        return stages.resume(path, plugins, log or _stderr, _SINGLE, overrides)
     with distributed.session() as world:
-        final, ckpt, tree = distributed.from_main(lambda: _read_resume(path, plugins))  # rank 0's files
+        log = _rank_log(world, log)
+        final, ckpt, tree = distributed.from_main(lambda: _read_resume(path, plugins, overrides, log))  # rank 0's
         resolved = resolve(plugins.registry, tree)
         run = RunDir(final) if world.is_main else SilentRunDir(final)
-        return _run(resolved, plugins, run, _rank_log(world, log), ckpt)
+        return _run(resolved, plugins, run, log, ckpt)
 
 
-def _read_resume(path: str | Path, plugins: LoadedPlugins) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """The run folder, its checkpoint and its config, checked against each other."""
+def _read_resume(path: str | Path, plugins: LoadedPlugins, overrides: list[tuple[str, Any]],
+                 log: Callable[[str], None]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The run folder, its checkpoint and its config (``overrides`` applied and recorded), checked against each other."""
     run = RunDir.open(path)
     ckpt = checkpoint.load(run.path / LAST)
-    tree = read_yaml(run.path / "config.yaml")
-    changed = checkpoint.changed_keys(ckpt["config"], resolve(plugins.registry, tree).tree)
+    saved = read_yaml(run.path / "config.yaml")
+    changed = checkpoint.changed_keys(ckpt["config"], resolve(plugins.registry, saved).tree)
     if changed:
         raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
                           "start a new run instead")
-    return run.final, ckpt, tree
+    if not overrides:
+        return run.final, ckpt, saved
+    resolved = resolve(plugins.registry, saved, overrides)
+    moved = checkpoint.changed_keys(ckpt["config"], resolved.tree)
+    if moved:
+        before, after = flatten(ckpt["config"]), flatten(resolved.tree)
+        log("resuming with " + ", ".join(f"{k}={after.get(k)} (was {before.get(k)})" for k in moved))
+        run.write_text("config.yaml", resolved.to_yaml())
+    return run.final, ckpt, resolved.tree
 
 
 def _rank_log(world: distributed.World, log: Callable[[str], None] | None) -> Callable[[str], None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import seqcl.training as training
@@ -188,6 +189,44 @@ def test_resume_refusals(plugins, tmp_path, tiny_file):
     (path / "last.pt").unlink()
     with pytest.raises(ConfigError, match="no checkpoint"):
         resume(path, plugins, log=quiet)
+
+
+def test_resume_may_change_how_the_run_executes_and_nothing_else(plugins, tmp_path, tiny_file, monkeypatch):
+    """``train.threads`` and ``eval.batch_size`` given on resume reach their uses and config.yaml;
+    a key that changes what the run learns is refused, config.yaml untouched."""
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=2", "train.threads=1",
+                                           "eval.batch_size=512", dataset=tiny_file), 1)
+    before = (path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train.lr cannot change when a run resumes.*train.threads"):
+        resume(path, plugins, log=quiet, overrides=[("train.threads", 2), ("train.lr", 0.01)])
+    assert (path / "config.yaml").read_text() == before
+    threads, batch_sizes = [], []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    real_evaluate = training.evaluate
+
+    def spy(*args, **kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    lines: list[str] = []
+    result = resume(path, plugins, log=lines.append, overrides=[("train.threads", 2), ("eval.batch_size", 7)])
+    assert "resuming with eval.batch_size=7 (was 512), train.threads=2 (was 1)" in lines
+    assert threads == [2] and batch_sizes and set(batch_sizes) == {7}
+    saved = resolve(plugins.registry, yaml.safe_load((result.run_dir / "config.yaml").read_text()))
+    assert (saved.train.threads, saved.eval.batch_size, saved.train.lr) == (2, 7, 0.001)
+    assert len(records(result.run_dir)) == 2
+
+
+def test_cli_resume_takes_set_for_execution_keys_only(plugins, tmp_path, tiny_file, capsys):
+    from seqcl.cli import main
+
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=2", dataset=tiny_file), 1)
+    assert main(["train", "--resume", str(path), "--set", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr cannot change when a run resumes" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--resume", str(path), "--set", "train.threads=1"]) == 0
+    assert "best epoch" in capsys.readouterr().out
 
 
 def test_resume_refuses_changed_data(plugins, tmp_path, tiny_file):

@@ -10,13 +10,13 @@ import hashlib
 import json
 from typing import Any
 
-from seqcl.config import flatten
+from seqcl.config import EXECUTION_KEYS, flatten
 
 from .spec import Launch
 
 #: Config keys that do not change a run's results; left out of the config hash,
 #: so moving a study to a GPU or changing thread counts does not invalidate it.
-UNHASHED = ("run.", "train.device", "train.threads", "data.cache_dir", "eval.batch_size")
+UNHASHED = ("run.", "train.device", *EXECUTION_KEYS)
 
 
 def config_hash(tree: dict[str, Any], launch: Launch = Launch()) -> str:

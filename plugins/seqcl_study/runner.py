@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from seqcl.config import resolve
+from seqcl.config import EXECUTION_KEYS, flatten, resolve
 from seqcl.plugins import LoadedPlugins, load_plugins
 from seqcl.atomic import atomic_write_text
 
@@ -165,6 +165,14 @@ def _world_size(run_dir: Path) -> int | None:
     return int(json.loads(lines[-1]).get("world_size", 1)) if lines else None
 
 
+def execution_settings(tree: dict[str, Any], leftover: Path) -> list[tuple[str, Any]]:
+    """This invocation's values of the keys that say how a run executes (``train.threads``, …)
+    where they differ from ``leftover``'s: it resumes with them, not with those of the attempt that
+    left it (they are not in the run's identity, :data:`seqcl_study.confighash.UNHASHED`)."""
+    now, saved = flatten(tree), flatten(read_yaml(leftover / "config.yaml"))
+    return [(key, now[key]) for key in EXECUTION_KEYS if key in now and saved.get(key) != now[key]]
+
+
 def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, log: Log) -> Any:
     """Continue a usable leftover in this process; None (folder removed) if there is none or it can't be."""
     from seqcl.errors import SeqclError
@@ -173,7 +181,7 @@ def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, lo
     if not _usable_leftover(incomplete, resolved, 1, log):
         return None
     try:
-        return resume(incomplete, plugins, log=log)
+        return resume(incomplete, plugins, log=log, overrides=execution_settings(resolved.tree, incomplete))
     except SeqclError as exc:
         log(f"cannot resume {incomplete} ({exc}); starting it afresh")
     shutil.rmtree(incomplete)
@@ -191,6 +199,8 @@ def _train_torchrun(cell: Cell, plan: Plan, resolved: Any, leftover: Path | None
 
     if leftover is not None:
         args = ["--resume", str(leftover)]
+        for key, value in execution_settings(resolved.tree, leftover):
+            args += ["--set", f"{key}={json.dumps(value)}"]
     else:
         config = plan.study_dir / "launch" / f"{cell.run}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 import seqcl.training as training
 from seqcl.cli import main
@@ -196,8 +197,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkey
     args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
     assert main(args) == 130
     assert (study / "runs" / "a__s1.incomplete" / "last.pt").is_file()
-    assert main(args) == 0
+    assert main(args + ["--set", "train.threads=2"]) == 0  # restarted on a machine with more cores
     assert calls == ["a__s1"]  # the second attempt resumed instead of training from scratch
+    saved = yaml.safe_load((study / "runs" / "a__s1" / "config.yaml").read_text())
+    assert saved["train"]["threads"] == 2  # … with this invocation's threads, not the leftover's
     log = (study / "logs" / "a__s1.log").read_text()
     assert "resuming" in log and "after epoch 1" in log
     records = [json.loads(x) for x in (study / "runs" / "a__s1" / "metrics.jsonl").read_text().splitlines()]

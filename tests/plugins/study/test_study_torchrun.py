@@ -166,6 +166,14 @@ def test_torchrun_run_resumes_a_leftover_of_as_many_processes_only(plugins, tmp_
     assert jobs == [(2, ["--resume", str(leftover)])] and outcome.value == 0.5
     assert json.loads((plan.runs_dir / cell.run / "cell.json").read_text())["nproc_per_node"] == 2
 
+    shutil.rmtree(plan.runs_dir / cell.run)  # a leftover of an attempt on another thread count: resumed with ours
+    leftover = _leftover(plan, cell, plugins, world_size=2)
+    config = leftover / "config.yaml"
+    config.write_text(config.read_text().replace("threads: 0", "threads: 3"))
+    run_cell(cell, plan, plugins, lines.append)
+    assert jobs[-1] == (2, ["--resume", str(leftover), "--set", "train.threads=0"])
+    jobs.pop()
+
     shutil.rmtree(plan.runs_dir / cell.run)
     leftover = _leftover(plan, cell, plugins, world_size=1)  # another number of ranks: started afresh
     run_cell(cell, plan, plugins, lines.append)

@@ -207,6 +207,13 @@ def execution_overrides(assignments: list[tuple[str, Any]], origin: str) -> list
     return list(assignments)
 
 
+def execution_changes(tree: dict[str, Any], saved: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``tree``'s values of :data:`EXECUTION_KEYS` where they differ from ``saved`` (a run's config.yaml):
+    what a resume of that run is to be given."""
+    now, before = flatten(tree), flatten(saved)
+    return [(key, now[key]) for key in EXECUTION_KEYS if key in now and before.get(key) != now[key]]
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a config file; errors name the file."""
     p = Path(path)

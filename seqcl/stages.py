@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from seqcl import checkpoint
-from seqcl.config import SELECTION_KEYS, Resolved, read_yaml, resolve
+from seqcl.config import SELECTION_KEYS, Resolved, execution_changes, read_yaml, resolve
 from seqcl.errors import ConfigError, NonFiniteLoss
 from seqcl.runs import BEST, INCOMPLETE, LAST, RunDir, stage_folder_name
 
@@ -91,7 +91,8 @@ def train(resolved: Resolved, plugins: Any, log: Log, single: SingleRun) -> Any:
 def resume(path: str | Path, plugins: Any, log: Log, single: SingleRun,
            overrides: list[tuple[str, Any]] | None = None) -> Any:
     """Continue a run in stages from where it stopped (see the module doc); ``overrides``
-    (checked by the caller: how the run executes) apply to the stage in progress and those after it."""
+    (checked by the caller: how the run executes) go into the run's config.yaml, and from
+    it to the stage in progress and those after it."""
     overrides = list(overrides or [])
     run = RunDir.open(path, checkpoint=False)
     saved = read_yaml(run.path / "config.yaml")
@@ -100,7 +101,7 @@ def resume(path: str | Path, plugins: Any, log: Log, single: SingleRun,
         run.write_text("config.yaml", resolved.to_yaml())
     configs = [stage_config(plugins.registry, resolved.tree, s) for s in resolved.stages]
     log(f"resuming {run.path} (a run in {len(configs)} stages)")
-    return _continue(run, resolved, configs, plugins, log, single, overrides)
+    return _continue(run, resolved, configs, plugins, log, single)
 
 
 def _place(resolved: Resolved, parent: RunDir, name: str) -> None:
@@ -123,7 +124,7 @@ def handoff(folder: Path, stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _continue(parent: RunDir, resolved: Resolved, configs: list[Resolved], plugins: Any, log: Log,
-              single: SingleRun, overrides: list[tuple[str, Any]] | None = None) -> Any:
+              single: SingleRun) -> Any:
     stages = resolved.stages
     results, previous = [], None
     try:
@@ -138,7 +139,9 @@ def _continue(parent: RunDir, resolved: Resolved, configs: list[Resolved], plugi
                 result = single.from_summary(final)
             elif (incomplete / LAST).is_file():
                 log(f"{label}: resuming")
-                result = single.resume(incomplete, plugins, log, overrides)
+                # the stage's execution keys as the run's config gives them now (a stage's own set: wins)
+                moved = execution_changes(config.tree, read_yaml(incomplete / "config.yaml"))
+                result = single.resume(incomplete, plugins, log, moved)
             else:
                 shutil.rmtree(incomplete, ignore_errors=True)  # stopped before its first epoch ended
                 init = handoff(previous[0], previous[1]) if previous else None

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from seqcl import checkpoint, distributed, stages
 from seqcl.checkpoint import FitState
-from seqcl.config import Resolved, execution_overrides, flatten, read_yaml, resolve
+from seqcl.config import (EXECUTION_KEYS, Resolved, execution_changes, execution_overrides, flatten, read_yaml,
+                          resolve)
 from seqcl.data.dataset import SequenceData, TrainSamples, eval_set, training_samples, trim_padding
 from seqcl.data.loading import load_data
 from seqcl.errors import ConfigError, NonFiniteLoss, PluginError
@@ -526,20 +527,19 @@ def _read_resume(path: str | Path, plugins: LoadedPlugins, overrides: list[tuple
     """The run folder, its checkpoint and its config (``overrides`` applied and recorded), checked against each other."""
     run = RunDir.open(path)
     ckpt = checkpoint.load(run.path / LAST)
-    saved = read_yaml(run.path / "config.yaml")
-    changed = checkpoint.changed_keys(ckpt["config"], resolve(plugins.registry, saved).tree)
+    saved = resolve(plugins.registry, read_yaml(run.path / "config.yaml")).tree
+    # config.yaml decides the execution keys: a resume that changed them may stop before its first checkpoint
+    changed = [k for k in checkpoint.changed_keys(ckpt["config"], saved) if k not in EXECUTION_KEYS]
     if changed:
         raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
                           "start a new run instead")
-    if not overrides:
-        return run.final, ckpt, saved
-    resolved = resolve(plugins.registry, saved, overrides)
-    moved = checkpoint.changed_keys(ckpt["config"], resolved.tree)
+    tree = resolve(plugins.registry, saved, overrides).tree if overrides else saved
+    moved = execution_changes(tree, saved)
     if moved:
-        before, after = flatten(ckpt["config"]), flatten(resolved.tree)
-        log("resuming with " + ", ".join(f"{k}={after.get(k)} (was {before.get(k)})" for k in moved))
-        run.write_text("config.yaml", resolved.to_yaml())
-    return run.final, ckpt, resolved.tree
+        before = flatten(saved)
+        log("resuming with " + ", ".join(f"{k}={value} (was {before.get(k)})" for k, value in moved))
+        run.write_text("config.yaml", resolve(plugins.registry, tree).to_yaml())
+    return run.final, ckpt, tree
 
 
 def _rank_log(world: distributed.World, log: Callable[[str], None] | None) -> Callable[[str], None]:

@@ -211,11 +211,29 @@ def test_resume_may_change_how_the_run_executes_and_nothing_else(plugins, tmp_pa
     monkeypatch.setattr(training, "evaluate", spy)
     lines: list[str] = []
     result = resume(path, plugins, log=lines.append, overrides=[("train.threads", 2), ("eval.batch_size", 7)])
-    assert "resuming with eval.batch_size=7 (was 512), train.threads=2 (was 1)" in lines
+    assert "resuming with train.threads=2 (was 1), eval.batch_size=7 (was 512)" in lines
     assert threads == [2] and batch_sizes and set(batch_sizes) == {7}
     saved = resolve(plugins.registry, yaml.safe_load((result.run_dir / "config.yaml").read_text()))
     assert (saved.train.threads, saved.eval.batch_size, saved.train.lr) == (2, 7, 0.001)
     assert len(records(result.run_dir)) == 2
+
+
+def test_a_resume_that_changed_threads_and_stopped_before_its_first_epoch_resumes(plugins, tmp_path, tiny_file):
+    """config.yaml (train.threads 2) is ahead of last.pt (1) until the resume's first checkpoint: a stop in
+    between must not leave the run unresumable."""
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=3", "train.threads=1",
+                                           dataset=tiny_file), 1)
+
+    def stop_at_start(msg):
+        if msg.startswith("run dir"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        resume(path, plugins, log=stop_at_start, overrides=[("train.threads", 2)])
+    assert torch.load(path / "last.pt", weights_only=False)["config"]["train"]["threads"] == 1
+    result = resume(path, plugins, log=quiet)
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["threads"] == 2
+    assert len(records(result.run_dir)) == 3
 
 
 def test_cli_resume_takes_set_for_execution_keys_only(plugins, tmp_path, tiny_file, capsys):

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from seqcl.config import EXECUTION_KEYS, flatten, resolve
+from seqcl.config import execution_changes, flatten, resolve
 from seqcl.plugins import LoadedPlugins, load_plugins
 from seqcl.atomic import atomic_write_text
 
@@ -165,12 +165,17 @@ def _world_size(run_dir: Path) -> int | None:
     return int(json.loads(lines[-1]).get("world_size", 1)) if lines else None
 
 
-def execution_settings(tree: dict[str, Any], leftover: Path) -> list[tuple[str, Any]]:
+def execution_settings(tree: dict[str, Any], leftover: Path, log: Log) -> list[tuple[str, Any]]:
     """This invocation's values of the keys that say how a run executes (``train.threads``, …)
     where they differ from ``leftover``'s: it resumes with them, not with those of the attempt that
-    left it (they are not in the run's identity, :data:`seqcl_study.confighash.UNHASHED`)."""
-    now, saved = flatten(tree), flatten(read_yaml(leftover / "config.yaml"))
-    return [(key, now[key]) for key in EXECUTION_KEYS if key in now and saved.get(key) != now[key]]
+    left it (they are not in the run's identity, :data:`seqcl_study.confighash.UNHASHED`).
+    ``train.device`` is not one of them (a run cannot change device): said, not silently kept."""
+    saved = read_yaml(leftover / "config.yaml")
+    now_device, saved_device = flatten(tree).get("train.device"), flatten(saved).get("train.device")
+    if now_device != saved_device:
+        log(f"{leftover} continues on its own train.device={saved_device}, not {now_device} "
+            "(a run cannot change device; remove the folder to start it afresh there)")
+    return execution_changes(tree, saved)
 
 
 def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, log: Log) -> Any:
@@ -181,7 +186,7 @@ def _resume_leftover(incomplete: Path, resolved: Any, plugins: LoadedPlugins, lo
     if not _usable_leftover(incomplete, resolved, 1, log):
         return None
     try:
-        return resume(incomplete, plugins, log=log, overrides=execution_settings(resolved.tree, incomplete))
+        return resume(incomplete, plugins, log=log, overrides=execution_settings(resolved.tree, incomplete, log))
     except SeqclError as exc:
         log(f"cannot resume {incomplete} ({exc}); starting it afresh")
     shutil.rmtree(incomplete)
@@ -199,7 +204,7 @@ def _train_torchrun(cell: Cell, plan: Plan, resolved: Any, leftover: Path | None
 
     if leftover is not None:
         args = ["--resume", str(leftover)]
-        for key, value in execution_settings(resolved.tree, leftover):
+        for key, value in execution_settings(resolved.tree, leftover, log):
             args += ["--set", f"{key}={json.dumps(value)}"]
     else:
         config = plan.study_dir / "launch" / f"{cell.run}.yaml"

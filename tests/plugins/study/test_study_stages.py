@@ -35,22 +35,29 @@ def test_leftover_run_in_stages_is_resumed_not_restarted(tmp_path, tiny_file):
 
 
 def test_leftover_in_stages_resumes_with_this_invocations_threads(tmp_path, tiny_file):
-    """The study was restarted with another train.threads (not in a run's identity): the stages still
-    to train get it, and the run's config.yaml says so."""
+    """The study was restarted with another train.threads (not in a run's identity): the stage in
+    progress and those after it get it, and the run's config.yaml says so."""
     plugins = load_plugins()
+    stages = [{"name": "pre", "objective": "bce", "epochs": 1, "handoff_from": "last"},
+              {"name": "fine", "objective": "ce", "epochs": 2}]
     pairs = [parse_assignment(a) for a in TINY[1::2]]
-    pairs += [("dataset", str(tiny_file)), ("run.dir", str(tmp_path)), ("run.name", "cell"), ("stages", STAGES)]
+    pairs += [("dataset", str(tiny_file)), ("run.dir", str(tmp_path)), ("run.name", "cell"), ("stages", stages)]
+    epochs = []
 
-    def stop(msg):
-        if msg.startswith("stage 2/2 fine: objective"):
-            raise KeyboardInterrupt
+    def stop(msg):  # after the fine-tuning's first epoch (its checkpoint is on disk)
+        if msg.startswith("epoch   1 |"):
+            epochs.append(msg)
+            if len(epochs) == 2:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(resolve(plugins.registry, overrides=pairs + [("train.threads", 1)]), plugins, log=stop)
+    assert (tmp_path / "cell.incomplete" / "2-fine.incomplete" / "last.pt").is_file()
     now = resolve(plugins.registry, overrides=pairs + [("train.threads", 2)])
-    result = _resume_leftover(tmp_path / "cell.incomplete", now, plugins, lambda msg: None)
-    assert result is not None
+    lines = []
+    result = _resume_leftover(tmp_path / "cell.incomplete", now, plugins, lines.append)
+    assert result is not None and "stage 2/2 fine: resuming" in lines
+    assert "resuming with train.threads=2 (was 1)" in lines
     threads = {name: yaml.safe_load((tmp_path / "cell" / name / "config.yaml").read_text())["train"]["threads"]
                for name in (".", "1-pre", "2-fine")}
     assert threads == {".": 2, "1-pre": 1, "2-fine": 2}  # stage 1 finished before the restart
-

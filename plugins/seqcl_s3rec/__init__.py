@@ -17,6 +17,10 @@ attributes or segments and are 0 in S3Rec-MIP. Fine-tuning uses seqcl's
 trains SASRec's per-position BCE with one negative (``objective: bce`` in the
 finetune stage is the closest seqcl objective, last position only). Other
 departures from the code: see :mod:`.objective`.
+
+On Beauty, MIP-only pre-training is a worse start for fine-tuning than a random
+one, while the official full-S3Rec checkpoint is a better one
+(docs/results.md §5, "Why S3Rec-MIP fine-tunes slowly").
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def resume(path: str | Path, plugins: Any, log: Log, single: SingleRun,
     run = RunDir.open(path, checkpoint=False)
     saved = read_yaml(run.path / "config.yaml")
     resolved = resolve(plugins.registry, saved, overrides)
-    if overrides and resolved.tree != resolve(plugins.registry, saved).tree:
+    if execution_changes(resolved.tree, saved):
         run.write_text("config.yaml", resolved.to_yaml())
     configs = [stage_config(plugins.registry, resolved.tree, s) for s in resolved.stages]
     log(f"resuming {run.path} (a run in {len(configs)} stages)")

@@ -533,13 +533,15 @@ def _read_resume(path: str | Path, plugins: LoadedPlugins, overrides: list[tuple
     if changed:
         raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
                           "start a new run instead")
-    tree = resolve(plugins.registry, saved, overrides).tree if overrides else saved
-    moved = execution_changes(tree, saved)
+    if not overrides:
+        return run.final, ckpt, saved
+    resolved = resolve(plugins.registry, saved, overrides)
+    moved = execution_changes(resolved.tree, saved)
     if moved:
         before = flatten(saved)
         log("resuming with " + ", ".join(f"{k}={value} (was {before.get(k)})" for k, value in moved))
-        run.write_text("config.yaml", resolve(plugins.registry, tree).to_yaml())
-    return run.final, ckpt, tree
+        run.write_text("config.yaml", resolved.to_yaml())
+    return run.final, ckpt, resolved.tree
 
 
 def _rank_log(world: distributed.World, log: Callable[[str], None] | None) -> Callable[[str], None]:

@@ -99,9 +99,10 @@ CORE_SECTIONS: dict[str, type] = {
 SELECTION_KEYS = ("dataset", "encoder", "augmenter", "objective")
 #: Settings that decide how a run executes, not what it learns. A resume may change them
 #: (``seqcl train --resume RUN --set train.threads=2``: the run moved to a bigger machine), and a
-#: study leaves them out of a run's identity. ``train.device`` is not one: the random streams are
-#: per device, so a run resumed on another device would not be the run it continues.
-EXECUTION_KEYS = ("train.threads", "eval.batch_size", "data.cache_dir")
+#: study leaves them out of a run's identity. A run resumed on another ``train.device`` draws from
+#: that device's random streams from then on, so it no longer equals an uninterrupted run on one
+#: device: each line of ``metrics.jsonl`` records the device that trained that epoch.
+EXECUTION_KEYS = ("train.threads", "train.device", "eval.batch_size", "data.cache_dir")
 #: ``objective`` "" = the encoder's ``default_objective``
 DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none", "objective": ""}
 #: Keys that moved, and where: a config that uses one gets a one-line error naming the new key.

@@ -502,11 +502,11 @@ def train(resolved: Resolved, plugins: LoadedPlugins, log: Callable[[str], None]
 
 def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] | None = None,
            overrides: list[tuple[str, Any]] | None = None) -> TrainResult:
-    """Continue an interrupted run from its ``last.pt``; the result equals an uninterrupted run (CPU).
+    """Continue an interrupted run from its ``last.pt``; the result equals an uninterrupted run (CPU, same device).
 
     ``overrides`` may change only how the run executes (:data:`seqcl.config.EXECUTION_KEYS`,
-    e.g. ``train.threads`` on a machine with more cores); the run's ``config.yaml`` records
-    them. Refused (one line): any other key, a finished or failed run, a folder without a
+    e.g. ``train.threads`` on a machine with more cores, ``train.device=cuda`` on a GPU); the
+    run's ``config.yaml`` records them, ``metrics.jsonl`` each epoch's device. Refused (one line): any other key, a finished or failed run, a folder without a
     checkpoint, a ``config.yaml`` or data file changed since the checkpoint.
     """
     overrides = execution_overrides(list(overrides or []), f"--resume {path}")
@@ -762,7 +762,7 @@ def _fit(model, optimizer, samples, valid_set, test_set, resolved, generator, de
                 log(f"warning: epoch {epoch}: {warning}")
             records.append({"epoch": epoch, "loss": losses, "skipped": skipped, "valid": valid,
                             "train_seconds": round(train_seconds, 3), "seconds": round(seconds, 3),
-                            "world_size": distributed.world().size,
+                            "world_size": distributed.world().size, "device": str(device),
                             "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()})  # memory over epochs (rank 0's)
             run.write_jsonl("metrics.jsonl", records)
             if improved:

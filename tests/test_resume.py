@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -216,6 +217,33 @@ def test_resume_may_change_how_the_run_executes_and_nothing_else(plugins, tmp_pa
     saved = resolve(plugins.registry, yaml.safe_load((result.run_dir / "config.yaml").read_text()))
     assert (saved.train.threads, saved.eval.batch_size, saved.train.lr) == (2, 7, 0.001)
     assert len(records(result.run_dir)) == 2
+
+
+def test_resume_takes_train_device_and_each_epoch_records_its_device(plugins, tmp_path, tiny_file):
+    """``train.device`` is an execution key: the override reaches the device check (here, a machine
+    without CUDA refuses it in one line, config.yaml untouched) and every metrics line names its device."""
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=2", dataset=tiny_file), 1)
+    before = (path / "config.yaml").read_text()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device is 'cuda' but CUDA is not available"):
+            resume(path, plugins, log=quiet, overrides=[("train.device", "cuda")])
+        assert (path / "config.yaml").read_text() == before
+    result = resume(path, plugins, log=quiet, overrides=[("train.device", "cpu")])
+    assert [r["device"] for r in records(result.run_dir)] == ["cpu", "cpu"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_run_resumed_on_cuda_continues_there(plugins, tmp_path, tiny_file):
+    """Interrupted on CPU after epoch 1, resumed with ``train.device=cuda``: the weights, optimizer state
+    and early-stopping state carry over, epochs 2–3 train on the GPU and say so."""
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=3", "train.patience=10",
+                                           augmenter="aclsrec", dataset=tiny_file), 1)
+    lines: list[str] = []
+    result = resume(path, plugins, log=lines.append, overrides=[("train.device", "cuda")])
+    assert "resuming with train.device=cuda (was cpu)" in lines
+    assert [(r["epoch"], r["device"]) for r in records(result.run_dir)] == [(1, "cpu"), (2, "cuda"), (3, "cuda")]
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["device"] == "cuda"
+    assert all(math.isfinite(v) for v in result.test.values())
 
 
 def test_a_resume_that_changed_threads_and_stopped_before_its_first_epoch_resumes(plugins, tmp_path, tiny_file):

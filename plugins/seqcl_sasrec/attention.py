@@ -1,7 +1,7 @@
 """Attention kernels of both SASRec layouts: dropout, masked scaled dot-product attention, masks.
 
 Each picks the fastest exact form for the device: on CPU an explicit product and
-a uniform-draw dropout, elsewhere PyTorch's fused kernels.
+a uniform-draw dropout, elsewhere PyTorch's fused kernels where no gradient flows.
 """
 
 from __future__ import annotations
@@ -46,16 +46,24 @@ class Dropout(nn.Module):
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training: bool) -> Tensor:
     """softmax(q kᵀ/√e + mask) v with dropout p on the probabilities; (B, h, T, e) each.
 
-    Without dropout this is ``scaled_dot_product_attention``; with dropout on
-    CPU the explicit form is faster (SDPA falls back to its math path and draws
-    the mask with ``bernoulli_``). Off CPU, SDPA with ``dropout_p``.
+    On CPU: ``scaled_dot_product_attention`` without dropout; with dropout the
+    explicit form is faster (SDPA falls back to its math path and draws the mask
+    with ``bernoulli_``). Elsewhere the fused kernels run only where no gradient
+    flows through them: on CUDA, SDPA with an additive mask picks the
+    memory-efficient kernel, whose backward returns NaN for some masks
+    (pytorch/pytorch#109517, #119320, #178251). seqcl hit it on an H200 with torch 2.11:
+    CFIT4SRec (padding query rows fully masked) and ELCRec went NaN within 300
+    steps. A differentiated pass takes the explicit form there too (at T ≤ 200 its
+    (B, h, T, T) scores are small).
     """
-    if not training or p == 0.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    dropping = training and p > 0.0
+    if q.device.type == "cpu":
+        if not dropping:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if dropping else 0.0)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5) + mask
-    return torch.matmul(dropout(torch.softmax(scores, dim=-1), p, True), v)
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1), p, dropping), v)
 
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:

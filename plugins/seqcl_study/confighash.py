@@ -16,7 +16,7 @@ from .spec import Launch
 
 #: Config keys that do not change a run's results; left out of the config hash,
 #: so moving a study to a GPU or changing thread counts does not invalidate it.
-UNHASHED = ("run.", "train.device", *EXECUTION_KEYS)
+UNHASHED = ("run.", *EXECUTION_KEYS)
 
 
 def config_hash(tree: dict[str, Any], launch: Launch = Launch()) -> str:

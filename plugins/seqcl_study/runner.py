@@ -166,15 +166,16 @@ def _world_size(run_dir: Path) -> int | None:
 
 
 def execution_settings(tree: dict[str, Any], leftover: Path, log: Log) -> list[tuple[str, Any]]:
-    """This invocation's values of the keys that say how a run executes (``train.threads``, …)
-    where they differ from ``leftover``'s: it resumes with them, not with those of the attempt that
-    left it (they are not in the run's identity, :data:`seqcl_study.confighash.UNHASHED`).
-    ``train.device`` is not one of them (a run cannot change device): said, not silently kept."""
+    """This invocation's values of the keys that say how a run executes (``train.threads``,
+    ``train.device``, …) where they differ from ``leftover``'s: it resumes with them, not with those
+    of the attempt that left it (they are not in the run's identity,
+    :data:`seqcl_study.confighash.UNHASHED`). A change of device is said: from then on the run
+    draws from that device's random streams."""
     saved = read_yaml(leftover / "config.yaml")
     now_device, saved_device = flatten(tree).get("train.device"), flatten(saved).get("train.device")
     if now_device != saved_device:
-        log(f"{leftover} continues on its own train.device={saved_device}, not {now_device} "
-            "(a run cannot change device; remove the folder to start it afresh there)")
+        log(f"{leftover} continues on train.device={now_device}, not {saved_device} "
+            "(its later epochs draw from that device's random streams)")
     return execution_changes(tree, saved)
 
 

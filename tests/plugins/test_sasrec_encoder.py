@@ -106,6 +106,34 @@ def test_attention_matches_sdpa_without_dropout_and_dropout_is_unbiased():
     assert torch.equal(dropout(x, 0.3, training=False), x)
 
 
+def test_off_cpu_a_differentiated_attention_avoids_the_fused_kernels(monkeypatch):
+    """CUDA's memory-efficient SDPA backward returns NaN for some masks (seen on an H200): off CPU
+    (here the meta device) a pass that needs gradients takes the explicit form, a no-grad pass
+    (evaluation) keeps SDPA; CPU keeps SDPA without dropout."""
+    import seqcl_sasrec.attention as attention_module
+
+    calls: list[tuple[str, float]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append((q.device.type, kwargs.get("dropout_p", 0.0)))
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    q, k, v = (torch.randn(2, 2, 5, 4, device="meta", requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 5, device="meta")
+    for p, training in [(0.0, True), (0.5, True), (0.5, False)]:
+        assert attention(q, k, v, mask, p, training).shape == (2, 2, 5, 4)
+    assert calls == []
+    with torch.no_grad():
+        attention(q, k, v, mask, 0.5, training=True)
+        attention(q, k, v, mask, 0.5, training=False)
+    assert calls == [("meta", 0.5), ("meta", 0.0)]
+    cpu = [torch.randn(2, 2, 5, 4, requires_grad=True) for _ in range(3)]
+    attention(*cpu, torch.zeros(2, 1, 5, 5), 0.0, training=True)
+    assert calls[-1] == ("cpu", 0.0)
+
+
 def test_dropout_is_the_uniform_draw_formula():
     """Same draw, same values as the plain form ``x · (U ≥ p) / (1 − p)`` (the in-place mask is exact)."""
     x = torch.randn(64, 33)

@@ -202,7 +202,22 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkey
     saved = yaml.safe_load((study / "runs" / "a__s1" / "config.yaml").read_text())
     assert saved["train"]["threads"] == 2  # … with this invocation's threads, not the leftover's
     log = (study / "logs" / "a__s1.log").read_text()
+    assert "continues on train.device" not in log  # same device: nothing to say
     assert "resuming" in log and "after epoch 1" in log
     records = [json.loads(x) for x in (study / "runs" / "a__s1" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     capsys.readouterr()
+
+
+def test_a_leftover_resumes_on_the_invoking_device_and_says_so(tmp_path):
+    """A run left on a GPU machine continues where the study runs now (train.device is an execution key)."""
+    from seqcl_study.runner import execution_settings
+
+    leftover = tmp_path / "a__s1.incomplete"
+    leftover.mkdir()
+    (leftover / "config.yaml").write_text(yaml.safe_dump({"train": {"device": "cuda", "threads": 16, "lr": 0.001}}))
+    lines: list[str] = []
+    now = {"train": {"device": "cpu", "threads": 1, "lr": 0.001}}
+    assert execution_settings(now, leftover, lines.append) == [("train.threads", 1), ("train.device", "cpu")]
+    assert lines == [f"{leftover} continues on train.device=cpu, not cuda (its later epochs draw from that "
+                     "device's random streams)"]

@@ -103,7 +103,8 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
     A checkpoint (last.pt) is written after every epoch; after Ctrl-C, a kill or
     a crash, `seqcl train --resume RUN_DIR` continues where the run stopped and
     ends with exactly the results of an uninterrupted run (on CPU, same threads).
-    On a bigger machine: `--resume RUN_DIR --set train.threads=8`.
+    On a bigger machine: `--resume RUN_DIR --set train.threads=8`; on a GPU:
+    `--resume RUN_DIR --device cuda` (from then on its random streams are the GPU's).
     """
     from seqcl.config import parse_assignment, read_yaml, resolve
     from seqcl.errors import ConfigError
@@ -116,13 +117,15 @@ def train(config_file, dataset, augmenter, encoder, objective, assignments, with
     if resume_dir is not None:
         others = [("--config", config_file), ("--with", with_terms), ("--without", without_terms),
                   ("--dry-run", dry_run)]
-        given = [flag for flag, _, value in shortcuts if value is not None] + [flag for flag, value in others if value]
+        given = [flag for flag, key, value in shortcuts if value is not None and key not in EXECUTION_KEYS]
+        given += [flag for flag, value in others if value]
         if given:
             raise ConfigError(f"--resume uses the run's own config.yaml; it takes no {', '.join(given)} "
                               f"(--set only for {', '.join(EXECUTION_KEYS)})")
         from seqcl.training import resume
 
-        _print_result(resume(resume_dir, loaded, overrides=[parse_assignment(a) for a in assignments]))
+        moved = [(key, value) for flag, key, value in shortcuts if value is not None and key in EXECUTION_KEYS]
+        _print_result(resume(resume_dir, loaded, overrides=moved + [parse_assignment(a) for a in assignments]))
         return
     file_config = read_yaml(config_file) if config_file else {}
     overrides = [parse_assignment(a) for a in assignments]

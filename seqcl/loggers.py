@@ -20,6 +20,7 @@ Records (plain dicts, floats): a step record is ``{"step", "epoch", "loss":
 ``total`` is the weighted sum that was minimised); an epoch record is the
 ``metrics.jsonl`` line (``epoch``, ``loss``, ``skipped``, ``valid``,
 ``train_seconds``, ``seconds``, ``world_size``: the number of torchrun ranks, 1 without;
+``device``: the one that trained the epoch;
 ``rss_mb``, ``peak_rss_mb``: resident memory at the epoch's end and its peak so far,
 MiB, None off Linux) plus ``step``, the global step at the epoch's
 end, so step and epoch curves share one x-axis. Steps are numbered from 1 over

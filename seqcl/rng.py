@@ -15,29 +15,50 @@ from torch import Tensor
 
 
 class DeviceGenerators:
-    """``torch.Generator`` objects seeded with ``seed``, created lazily per device."""
+    """``torch.Generator`` objects seeded with ``seed``, created lazily per device.
+
+    A saved stream of a device this machine lacks (a GPU run resumed on CPU) is
+    kept as saved: it goes back into :meth:`state_dict`, and into the generator
+    should that device be used later.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
         self._generators: dict[str, torch.Generator] = {}
+        self._absent: dict[str, Tensor] = {}  # saved states of devices this machine lacks
 
     def get(self, device: torch.device | str) -> torch.Generator:
-        """The stream on ``device`` (created and seeded on first use)."""
+        """The stream on ``device`` (created and seeded on first use, or set to its saved state)."""
         key = str(torch.device(device))
         gen = self._generators.get(key)
         if gen is None:
             gen = self._generators[key] = torch.Generator(device=key).manual_seed(self.seed)
+            if key in self._absent:
+                gen.set_state(self._absent.pop(key))
         return gen
 
     def state_dict(self) -> dict[str, Tensor]:
         """Device name → generator state (a CPU byte tensor; loadable with ``weights_only=True``)."""
-        return {key: gen.get_state() for key, gen in self._generators.items()}
+        return {**self._absent, **{key: gen.get_state() for key, gen in self._generators.items()}}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore the streams saved by :meth:`state_dict` (devices not in ``state`` start afresh)."""
-        self._generators = {}
+        self._generators, self._absent = {}, {}
         for key, value in state.items():
-            self.get(key).set_state(value)
+            if device_available(key):
+                self.get(key).set_state(value)
+            else:
+                self._absent[key] = value
+
+
+def device_available(name: str) -> bool:
+    """Whether this machine has the device ``name`` (``cpu``, ``cuda:1``, ``mps``, …)."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return device.type == "cpu"
 
 
 class OwnsGenerators:

@@ -506,8 +506,9 @@ def resume(path: str | Path, plugins: LoadedPlugins, log: Callable[[str], None] 
 
     ``overrides`` may change only how the run executes (:data:`seqcl.config.EXECUTION_KEYS`,
     e.g. ``train.threads`` on a machine with more cores, ``train.device=cuda`` on a GPU); the
-    run's ``config.yaml`` records them, ``metrics.jsonl`` each epoch's device. Refused (one line): any other key, a finished or failed run, a folder without a
-    checkpoint, a ``config.yaml`` or data file changed since the checkpoint.
+    run's ``config.yaml`` records them, ``metrics.jsonl`` each epoch's device. Refused (one
+    line): any other key, a finished or failed run, a folder without a checkpoint, a
+    ``config.yaml`` or data file changed since the checkpoint.
     """
     overrides = execution_overrides(list(overrides or []), f"--resume {path}")
     if stages.is_staged(path):
@@ -527,15 +528,16 @@ def _read_resume(path: str | Path, plugins: LoadedPlugins, overrides: list[tuple
     """The run folder, its checkpoint and its config (``overrides`` applied and recorded), checked against each other."""
     run = RunDir.open(path)
     ckpt = checkpoint.load(run.path / LAST)
-    saved = resolve(plugins.registry, read_yaml(run.path / "config.yaml")).tree
+    saved = read_yaml(run.path / "config.yaml")
+    # the overrides first: config.yaml may name a device this machine lacks (a GPU run continued on CPU)
+    resolved = resolve(plugins.registry, saved, overrides)
     # config.yaml decides the execution keys: a resume that changed them may stop before its first checkpoint
-    changed = [k for k in checkpoint.changed_keys(ckpt["config"], saved) if k not in EXECUTION_KEYS]
+    changed = [k for k in checkpoint.changed_keys(ckpt["config"], resolved.tree) if k not in EXECUTION_KEYS]
     if changed:
         raise ConfigError(f"--resume {path}: config.yaml changed since the checkpoint ({', '.join(changed[:5])}); "
                           "start a new run instead")
     if not overrides:
-        return run.final, ckpt, saved
-    resolved = resolve(plugins.registry, saved, overrides)
+        return run.final, ckpt, resolved.tree
     moved = execution_changes(resolved.tree, saved)
     if moved:
         before = flatten(saved)

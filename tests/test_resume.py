@@ -232,6 +232,28 @@ def test_resume_takes_train_device_and_each_epoch_records_its_device(plugins, tm
     assert [r["device"] for r in records(result.run_dir)] == ["cpu", "cpu"]
 
 
+def test_a_gpu_run_continues_on_a_machine_without_one(plugins, tmp_path, tiny_file, capsys):
+    """config.yaml says cuda (the run was trained on a GPU): without CUDA it resumes with
+    ``--device cpu`` (one line otherwise), and says and records the move."""
+    from seqcl.cli import main
+
+    path = interrupted_run(plugins, config(plugins, tmp_path, "train.epochs=2", augmenter="random",
+                                           dataset=tiny_file), 1)
+    tree = yaml.safe_load((path / "config.yaml").read_text())
+    tree["train"]["device"] = "cuda"
+    (path / "config.yaml").write_text(yaml.safe_dump(tree))
+    if not torch.cuda.is_available():
+        assert main(["train", "--resume", str(path)]) == 2
+        assert capsys.readouterr().err == "error: train.device is 'cuda' but CUDA is not available\n"
+    assert main(["train", "--resume", str(path), "--device", "cpu", "--set", "train.threads=1"]) == 0
+    assert "resuming with train.threads=1 (was 0), train.device=cpu (was cuda)" in capsys.readouterr().err
+    final = path.with_name(path.name.removesuffix(".incomplete"))
+    assert yaml.safe_load((final / "config.yaml").read_text())["train"]["device"] == "cpu"
+    assert [r["device"] for r in records(final)] == ["cpu", "cpu"]
+    assert main(["train", "--resume", str(final), "--epochs", "3"]) == 2  # what it learns still cannot change
+    assert "takes no --epochs" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cpu_run_resumed_on_cuda_continues_there(plugins, tmp_path, tiny_file):
     """Interrupted on CPU after epoch 1, resumed with ``train.device=cuda``: the weights, optimizer state

@@ -51,10 +51,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training:
     with ``bernoulli_``). Elsewhere the fused kernels run only where no gradient
     flows through them: on CUDA, SDPA with an additive mask picks the
     memory-efficient kernel, whose backward returns NaN for some masks
-    (pytorch/pytorch#109517, #119320, #178251). seqcl hit it on an H200 with torch 2.11:
-    CFIT4SRec (padding query rows fully masked) and ELCRec went NaN within 300
-    steps. A differentiated pass takes the explicit form there too (at T ≤ 200 its
-    (B, h, T, T) scores are small).
+    (pytorch/pytorch#109517, #119320, #178251). On an H200 with torch 2.11 it did so
+    for CFIT4SRec resumed there (padding query rows fully masked; fresh CFIT4SRec and
+    ELCRec went NaN too, cause not established: benchmarks/README.md, "GPU"). A
+    differentiated pass takes the explicit form there too (at T ≤ 200 its (B, h, T, T)
+    scores are small).
     """
     dropping = training and p > 0.0
     if q.device.type == "cpu":

@@ -209,6 +209,42 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkey
     capsys.readouterr()
 
 
+def test_a_leftover_of_a_gpu_machine_resumes_here_instead_of_starting_afresh(tmp_path, tiny_file, monkeypatch,
+                                                                           capsys):
+    """A run left by a study on a GPU machine (its config.yaml says cuda) continues on this CPU
+    machine from its checkpoint: not refused, not removed and retrained."""
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "random"}}, seeds=[1],
+                      base={"train": {"epochs": 2, "batch_size": 128, "threads": 1}})
+    study = tmp_path / "runs" / "t"
+    real, calls = training.train, []
+
+    def interrupted(resolved, plugins, log=None):
+        calls.append(resolved.run.name)
+
+        def stop_after_epoch_1(msg):
+            log(msg)
+            if msg.startswith("epoch   1 |"):
+                raise KeyboardInterrupt
+
+        return real(resolved, plugins, log=stop_after_epoch_1)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    assert main(args) == 130
+    leftover = study / "runs" / "a__s1.incomplete"
+    tree = yaml.safe_load((leftover / "config.yaml").read_text())
+    tree["train"]["device"] = "cuda"  # as if it had trained on a GPU
+    (leftover / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert main(args) == 0
+    assert calls == ["a__s1"]  # resumed, not trained afresh
+    log = (study / "logs" / "a__s1.log").read_text()
+    assert f"{leftover} continues on train.device=cpu, not cuda" in log and "after epoch 1" in log
+    assert "starting it afresh" not in log
+    records = [json.loads(x) for x in (study / "runs" / "a__s1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    capsys.readouterr()
+
+
 def test_a_leftover_resumes_on_the_invoking_device_and_says_so(tmp_path):
     """A run left on a GPU machine continues where the study runs now (train.device is an execution key)."""
     from seqcl_study.runner import execution_settings

@@ -52,13 +52,16 @@ class DeviceGenerators:
 
 
 def device_available(name: str) -> bool:
-    """Whether this machine has the device ``name`` (``cpu``, ``cuda:1``, ``mps``, …)."""
-    device = torch.device(name)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    if device.type == "mps":
-        return torch.backends.mps.is_available()
-    return device.type == "cpu"
+    """Whether this machine has the device ``name`` (``cpu``, ``cuda:1``, ``mps``, …): the
+    check ``train.device`` gets (:func:`seqcl.config.check_device`), as a yes or no."""
+    from seqcl.config import check_device
+    from seqcl.errors import ConfigError
+
+    try:
+        check_device(name)
+    except ConfigError:
+        return False
+    return True
 
 
 class OwnsGenerators:

@@ -176,11 +176,8 @@ def test_two_processes_share_one_sqlite_study_each_run_once(tmp_path, tiny_file)
     assert len(workers) == 2  # both processes worked
 
 
-def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkeypatch, capsys):
-    """A run stopped after epoch 1 continues at epoch 2 in the next `seqcl study`, not at epoch 1."""
-    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1],
-                      base={"train": {"epochs": 3, "batch_size": 128, "threads": 1}})
-    study = tmp_path / "runs" / "t"
+def interrupt_training_after_epoch_1(monkeypatch) -> list[str]:
+    """Every ``training.train`` call stops (Ctrl-C) after epoch 1; returns the list of run names trained."""
     real, calls = training.train, []
 
     def interrupted(resolved, plugins, log=None):
@@ -194,6 +191,15 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkey
         return real(resolved, plugins, log=stop_after_epoch_1)
 
     monkeypatch.setattr(training, "train", interrupted)
+    return calls
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_file, monkeypatch, capsys):
+    """A run stopped after epoch 1 continues at epoch 2 in the next `seqcl study`, not at epoch 1."""
+    spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "none"}}, seeds=[1],
+                      base={"train": {"epochs": 3, "batch_size": 128, "threads": 1}})
+    study = tmp_path / "runs" / "t"
+    calls = interrupt_training_after_epoch_1(monkeypatch)
     args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
     assert main(args) == 130
     assert (study / "runs" / "a__s1.incomplete" / "last.pt").is_file()
@@ -216,19 +222,7 @@ def test_a_leftover_of_a_gpu_machine_resumes_here_instead_of_starting_afresh(tmp
     spec = write_spec(tmp_path / "s.yaml", tiny_file, variants={"a": {"augmenter": "random"}}, seeds=[1],
                       base={"train": {"epochs": 2, "batch_size": 128, "threads": 1}})
     study = tmp_path / "runs" / "t"
-    real, calls = training.train, []
-
-    def interrupted(resolved, plugins, log=None):
-        calls.append(resolved.run.name)
-
-        def stop_after_epoch_1(msg):
-            log(msg)
-            if msg.startswith("epoch   1 |"):
-                raise KeyboardInterrupt
-
-        return real(resolved, plugins, log=stop_after_epoch_1)
-
-    monkeypatch.setattr(training, "train", interrupted)
+    calls = interrupt_training_after_epoch_1(monkeypatch)
     args = ["study", str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report"]
     assert main(args) == 130
     leftover = study / "runs" / "a__s1.incomplete"

@@ -4,6 +4,8 @@
     python benchmarks/memory.py --dataset ../shared/data/Beauty.txt --epochs 6 --plot memory.png   # whole epochs + validation
     python benchmarks/memory.py --dataset ... --no-eval --set sasrec.layout=padded
     python benchmarks/memory.py --dataset ... --trim        # malloc_trim(0) after every epoch
+    python benchmarks/memory.py --dataset ... --augmenter cfit4srec --threads 2 --epochs 2 --max-batches 20 \
+        --no-eval --malloc reuse                            # train.malloc=reuse (cpu_s, RSS against compact)
     SEQCL_MALLOC=default python benchmarks/memory.py ...    # glibc's default malloc settings (the "before")
     GLIBC_TUNABLES=glibc.malloc.tcache_count=7 python benchmarks/memory.py ...  # tcache on, threshold fixed
 
@@ -34,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqcl.memory import enable_thp_env, heap_stats, limit_heap_growth, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
+from seqcl.memory import MALLOC_POLICIES, apply_malloc_policy, enable_thp_env, heap_stats, reexec_with_tunables  # noqa: I001  (as seqcl.cli)
 
 reexec_with_tunables()  # the glibc tunables of a real run (seqcl.cli's entry)
 enable_thp_env()
@@ -102,14 +104,16 @@ def main() -> None:
     ap.add_argument("--trim-every", type=int, default=0, help="malloc_trim(0) every N optimizer steps")
     ap.add_argument("--objects", action="store_true",
                     help="after each epoch, also count live Python objects and tensors (gc)")
+    ap.add_argument("--malloc", choices=MALLOC_POLICIES, default="compact", help="train.malloc (seqcl.memory)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="extra", action="append", default=[])
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG of RSS and VmHWM over the run (samples embedded as JSON)")
     ap.add_argument("--max-growth-mb", type=float, default=None,
                     help="exit 1 if RSS grows by more than this from the end of epoch 1 to the end")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    print("limit_heap_growth:", limit_heap_growth(), "GLIBC_TUNABLES:", os.environ.get("GLIBC_TUNABLES"), flush=True)
+    torch.set_num_threads(args.threads)
+    print(f"malloc {args.malloc}:", apply_malloc_policy(args.malloc), "GLIBC_TUNABLES:", os.environ.get("GLIBC_TUNABLES"), flush=True)
     plugins = load_plugins()
     pairs = [parse_assignment(s) for s in args.extra]
     pairs += [("augmenter", args.augmenter), ("dataset", args.dataset)]

@@ -48,7 +48,7 @@ import types
 from contextlib import nullcontext
 from pathlib import Path
 
-from seqcl.memory import enable_thp_env, limit_heap_growth  # noqa: I001  (before torch, as seqcl.cli)
+from seqcl.memory import apply_malloc_policy, enable_thp_env  # noqa: I001  (before torch, as seqcl.cli)
 
 enable_thp_env()
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.clock == "cpu" and args.threads != 1:
         ap.error("--clock cpu measures the calling thread only: use --threads 1 or --clock wall")
     torch.set_num_threads(args.threads)
-    limit_heap_growth()  # the allocator settings of a real run (seqcl.training)
+    apply_malloc_policy()  # the allocator settings of a real run (seqcl.training; train.malloc=compact)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     plugins = load_plugins()
     names = [a.strip() for a in args.augmenters.split(",")]

@@ -31,6 +31,7 @@ import yaml
 
 from seqcl.data.options import DataOptions
 from seqcl.errors import ConfigError, PluginError
+from seqcl.memory import MallocPolicy
 from seqcl.registry import AugmenterInfo, Registry, declared_pairs
 from seqcl.stagespec import parse_stages
 
@@ -50,6 +51,7 @@ class TrainOptions:
     seed: int = 2026
     device: str = "cpu"
     threads: int = 0  # 0 = torch's default
+    malloc: MallocPolicy = "compact"  # glibc malloc: compact (flat RSS) | reuse (wide-batch plugins faster, more RSS)
     group_by_length: bool = False  # batch similar lengths together (faster, NOT exact: changes batches)
     autocast_bf16: bool = False  # bf16 autocast of the forward pass (faster on GPUs, NOT exact)
 
@@ -102,7 +104,7 @@ SELECTION_KEYS = ("dataset", "encoder", "augmenter", "objective")
 #: study leaves them out of a run's identity. A run resumed on another ``train.device`` draws from
 #: that device's random streams from then on, so it no longer equals an uninterrupted run on one
 #: device: each line of ``metrics.jsonl`` records the device that trained that epoch.
-EXECUTION_KEYS = ("train.threads", "train.device", "eval.batch_size", "data.cache_dir")
+EXECUTION_KEYS = ("train.threads", "train.device", "train.malloc", "eval.batch_size", "data.cache_dir")
 #: ``objective`` "" = the encoder's ``default_objective``
 DEFAULT_SELECTION = {"dataset": "builtin", "encoder": "sasrec", "augmenter": "none", "objective": ""}
 #: Keys that moved, and where: a config that uses one gets a one-line error naming the new key.

@@ -33,7 +33,7 @@ from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import Augmenter, Batch, BuildContext, Encoder, LossTerm, Objective, Views
 from seqcl.lifecycle import Callbacks, fit_context
 from seqcl.loggers import LoggerContext, Loggers
-from seqcl.memory import limit_heap_growth, peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
+from seqcl.memory import apply_malloc_policy, peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
 from seqcl.optimplan import PlanRunner, adam, declared_plan
 from seqcl.plugins import LoadedPlugins
 from seqcl.registry import Registry
@@ -541,7 +541,7 @@ def _read_resume(path: str | Path, plugins: LoadedPlugins, overrides: list[tuple
     moved = execution_changes(resolved.tree, saved)
     if moved:
         before = flatten(saved)
-        log("resuming with " + ", ".join(f"{k}={value} (was {before.get(k)})" for k, value in moved))
+        log("resuming with " + ", ".join(f"{k}={value} (was {before.get(k, 'unset')})" for k, value in moved))
         run.write_text("config.yaml", resolved.to_yaml())
     return run.final, ckpt, resolved.tree
 
@@ -567,7 +567,7 @@ def _run(resolved: Resolved, plugins: LoadedPlugins, run: RunDir | None, log: Ca
          ckpt: dict[str, Any] | None, init: dict[str, Any] | None = None, init_label: str = "") -> TrainResult:
     """Set up (data, model, optimizer, or the checkpoint's state), then fit; ``run`` None: a new run dir."""
     t = resolved.train
-    limit_heap_growth()  # RSS would otherwise grow over the run (seqcl.memory)
+    apply_malloc_policy(t.malloc)  # compact: RSS would otherwise grow over the run (seqcl.memory)
     reset_peak_rss()  # summary.json's peak_rss_mb is this run's, not an earlier run's in this process
     if t.threads:
         torch.set_num_threads(t.threads)

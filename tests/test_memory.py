@@ -1,4 +1,4 @@
-"""seqcl.memory: glibc's mmap threshold is fixed and its tcache is off for training runs (issue #12, RSS growth).
+"""seqcl.memory: glibc's malloc as ``train.malloc`` says, and its tcache off, for training runs (issue #12, RSS growth).
 
 The RSS effect itself is measured by ``benchmarks/memory.py`` (see
 benchmarks/results/2026-11-29-memory.md); here: it is applied, once, and opt-outs hold.
@@ -20,14 +20,14 @@ from seqcl.memory import MALLOC_TUNABLES, tunables_env
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="glibc only")
 
-SNIPPET = "from seqcl.memory import limit_heap_growth as f; print(f(), f())"
+SNIPPET = "from seqcl.memory import apply_malloc_policy as f; print(f(), f())"
+_MALLOC_ENV = ("SEQCL_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
-def _run(env_extra: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SEQCL_MALLOC", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+def _run(env_extra: dict[str, str], code: str = SNIPPET) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in _MALLOC_ENV}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-c", SNIPPET], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
@@ -38,9 +38,66 @@ def test_applied_on_glibc() -> None:
 
 @glibc
 @pytest.mark.parametrize("env", [{"SEQCL_MALLOC": "default"}, {"MALLOC_MMAP_THRESHOLD_": "131072"},
-                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}])
+                                 {"MALLOC_MMAP_MAX_": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}])
 def test_user_settings_win(env: dict[str, str]) -> None:
     assert _run(env) == "False False"
+
+
+#: where a block comes from under each policy in turn (a study worker's runs switch in one process):
+#: glibc counts mmap'd blocks in mallinfo2's hblkhd, heap blocks in uordblks. The last block is
+#: larger than what ``reuse`` left free in the heap, which glibc would otherwise hand out first.
+WHERE = """
+import ctypes
+from seqcl.memory import apply_malloc_policy, heap_stats
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+heap_stats()
+for policy, mib in (("compact", 20), ("reuse", 20), ("compact", 40)):
+    assert apply_malloc_policy(policy)
+    before = heap_stats()
+    p = libc.malloc(mib * 2**20)
+    after = heap_stats()
+    libc.free(p)
+    print(policy, after["mmap"] - before["mmap"] >= mib * 2**20, after["in_use"] - before["in_use"] >= mib * 2**20)
+"""
+
+
+@glibc
+def test_policies_move_large_blocks_between_mmap_and_heap() -> None:
+    """``compact`` mmaps a 20 MiB block (returned, and zeroed again, on each use); ``reuse`` keeps it in
+    the heap; switching back restores ``compact`` (a study worker's next run)."""
+    assert _run({}, WHERE).splitlines() == ["compact True False", "reuse False True", "compact True False"]
+
+
+def test_unknown_policy_is_refused() -> None:
+    from seqcl.memory import apply_malloc_policy
+
+    with pytest.raises(ValueError, match="compact, reuse"):
+        apply_malloc_policy("fast")  # type: ignore[arg-type]
+
+
+def test_train_malloc_reaches_the_allocator(monkeypatch, tmp_path) -> None:
+    """``--set train.malloc=reuse`` arrives at :func:`apply_malloc_policy` (one typed path)."""
+    import seqcl.training as training
+    from seqcl.config import resolve
+    from seqcl.plugins import load_plugins
+
+    class Applied(Exception):
+        pass
+
+    def apply(policy: str) -> bool:
+        raise Applied(policy)
+
+    plugins = load_plugins()
+    for value in ("reuse", "compact"):
+        resolved = resolve(plugins.registry, overrides=[("dataset", "builtin"), ("run.dir", str(tmp_path)),
+                                                        ("train.malloc", value)])
+        monkeypatch.setattr(training, "apply_malloc_policy", apply)
+        with pytest.raises(Applied, match=f"^{value}$"):
+            training.train(resolved, plugins)
 
 
 def test_cli_sets_thp_env_before_torch() -> None:

@@ -156,7 +156,7 @@ def apply_malloc_policy(policy: MallocPolicy = "compact") -> bool:
     try:
         ok = all([bool(libc.mallopt(param, value)) for param, value in _MALLOPTS[policy]])
         if ok and _applied == "reuse":
-            libc.malloc_trim(0)  # the heap that ``reuse`` kept goes back to the OS
+            trim_heap()  # the heap that ``reuse`` kept goes back to the OS
     except AttributeError:
         return False
     _applied = policy if ok else None

@@ -34,6 +34,7 @@ from seqcl.ids import IDS_FILE, IdMap
 from seqcl.interfaces import BuildContext, Encoder
 from seqcl.plugins import LoadedPlugins, load_plugins
 from seqcl.runs import BEST, MODEL_FILE
+from seqcl.stages import results_folder
 
 __all__ = ["Run", "UnknownItem", "load_run", "train"]
 
@@ -254,10 +255,7 @@ def load_run(path: str | Path, device: str = "cpu", plugins: Sequence[str] | Loa
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such run folder")
-    stage_dirs = sorted((d for d in path.iterdir() if d.is_dir() and (d / BEST).is_file()),
-                        key=lambda d: (len(d.name.split("-")[0]), d.name))  # "2-…" before "10-…"
-    if not (path / BEST).is_file() and stage_dirs:  # a run in stages: the model is its last stage's
-        path = stage_dirs[-1]
+    path = results_folder(path)  # a run in stages: the model is its last stage's
     for name in ("config.yaml", BEST, IDS_FILE, MODEL_FILE):
         if not (path / name).is_file():
             older = "; runs trained before seqcl saved it cannot be loaded, retrain" if name in (IDS_FILE, MODEL_FILE) else ""

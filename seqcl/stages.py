@@ -82,6 +82,17 @@ def is_staged(path: str | Path) -> bool:
     return config.is_file() and bool(read_yaml(config).get("stages"))
 
 
+def results_folder(path: str | Path) -> Path:
+    """The folder holding a finished run's model and per-user results (``best.pt``, ``ids.json``,
+    ``model.json``, ``ranks.pt``, ``metrics.jsonl``): the run's own, or for a run in stages its
+    last stage's, whose results the run's ``summary.json`` reports. Every reader of those files
+    (``seqcl.load_run``, ``seqcl plot``, ``seqcl compare``, a study's report) goes through it."""
+    path = Path(path)
+    config = path / "config.yaml"
+    stages = read_yaml(config).get("stages") if config.is_file() else None
+    return path / stage_folder_name(len(stages), stages[-1]) if stages else path
+
+
 def train(resolved: Resolved, plugins: Any, log: Log, single: SingleRun) -> Any:
     """Train every stage of ``resolved`` in a new run folder; the last stage's result."""
     configs = [stage_config(plugins.registry, resolved.tree, s) for s in resolved.stages]

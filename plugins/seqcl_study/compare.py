@@ -15,6 +15,7 @@ from typing import Any
 
 from seqcl.errors import ConfigError
 from seqcl.ids import IDS_FILE, IdMap
+from seqcl.stages import results_folder
 
 from .files import load_ranks, read_json_dict, read_yaml
 from .stats import Comparison, compare_users, ks_of, metric_names, per_user_metrics
@@ -25,6 +26,7 @@ class RunInfo:
     path: Path
     summary: dict[str, Any]
     config: dict[str, Any]
+    folder: Path  # where ranks.pt and ids.json are: a run in stages, its last stage's folder
 
     def describe(self) -> str:
         terms = ",".join(self.summary.get("terms", [])) or "-"
@@ -34,10 +36,13 @@ class RunInfo:
 def load_run(path: str | Path) -> RunInfo:
     """A finished run's summary and config; a one-line error naming a missing or truncated file."""
     p = Path(path)
-    for name in ("summary.json", "ranks.pt", "config.yaml"):
+    for name in ("summary.json", "config.yaml"):
         if not (p / name).is_file():
             raise ConfigError(f"{p}: not a finished run directory (no {name})")
-    return RunInfo(p, read_json_dict(p / "summary.json", ("valid", "test")), read_yaml(p / "config.yaml"))
+    folder = results_folder(p)
+    if not (folder / "ranks.pt").is_file():
+        raise ConfigError(f"{folder}: not a finished run directory (no ranks.pt)")
+    return RunInfo(p, read_json_dict(p / "summary.json", ("valid", "test")), read_yaml(p / "config.yaml"), folder)
 
 
 def _users(path: Path) -> list[str] | None:
@@ -54,12 +59,12 @@ def compare_runs(a: str | Path, b: str | Path, *, split: str = "test", test: str
     if data_a != data_b:
         raise ConfigError(f"{ra.path} and {rb.path} were trained on different data ({data_a[0]} vs {data_b[0]}, "
                           "or other data.* settings): users cannot be paired")
-    users_a, users_b = _users(ra.path), _users(rb.path)
+    users_a, users_b = _users(ra.folder), _users(rb.folder)
     if users_a is not None and users_b is not None and users_a != users_b:
         raise ConfigError(f"{ra.path} and {rb.path} list different users in ids.json (ranks.pt row u is user "
                           "ids.json users[u]): users cannot be paired")
-    ranks_a = load_ranks(ra.path / "ranks.pt", split)
-    ranks_b = load_ranks(rb.path / "ranks.pt", split)
+    ranks_a = load_ranks(ra.folder / "ranks.pt", split)
+    ranks_b = load_ranks(rb.folder / "ranks.pt", split)
     if len(ranks_a) != len(ranks_b):
         raise ConfigError(f"{ra.path} ranks {len(ranks_a)} users, {rb.path} {len(ranks_b)}: users cannot be paired")
     ks = ks_of(list(ra.summary[split]))

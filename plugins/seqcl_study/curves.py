@@ -4,7 +4,8 @@ One panel for the validation metric (``train.metric`` of the first run's
 ``config.yaml`` unless ``--metric``) and one per loss part (``main`` and each
 loss term, unweighted, as logged), against the epoch. Each run keeps one colour
 in every panel; a run that lacks a loss term simply has no line in its panel.
-Runs still training (``<name>.incomplete``) are read as they are.
+Runs still training (``<name>.incomplete``) are read as they are; a run in
+stages is read from its last stage's folder (the stage its results come from).
 
 As for the study plots (:mod:`seqcl_study.figure`), the plotted numbers are
 embedded as JSON in the PNG's ``Description`` text chunk, so a test (or a
@@ -21,6 +22,8 @@ from typing import Any
 import yaml
 
 from seqcl.errors import DataError
+from seqcl.runs import INCOMPLETE
+from seqcl.stages import results_folder
 
 from .figure import save_png
 
@@ -39,11 +42,14 @@ class Curves:
 def read_curves(run_dir: str | Path) -> Curves:
     """The curves of one run folder; a folder without records is a one-line :class:`DataError`."""
     path = Path(run_dir)
-    source = path / "metrics.jsonl"
     if not path.is_dir():
         raise DataError(f"{run_dir}: not a run folder (no such directory)")
+    run, path = path, results_folder(path)  # a run in stages: its last stage's curves
+    if not path.is_dir() and path.with_name(path.name + INCOMPLETE).is_dir():  # … that stage still training
+        path = path.with_name(path.name + INCOMPLETE)
+    source = path / "metrics.jsonl"
     if not source.is_file():
-        raise DataError(f"{run_dir}: no metrics.jsonl (not a run folder, or no epoch finished yet)")
+        raise DataError(f"{path}: no metrics.jsonl (not a run folder, or no epoch finished yet)")
     records = []
     for n, line in enumerate(source.read_text().splitlines(), 1):
         if not line.strip():
@@ -58,7 +64,7 @@ def read_curves(run_dir: str | Path) -> Curves:
     names = list(dict.fromkeys(name for _, loss, _ in records for name in loss))
     metrics = list(dict.fromkeys(m for _, _, valid in records for m in valid))
     curves = Curves(
-        label=path.name,
+        label=path.name if path == run else f"{run.resolve().name}/{path.name}",  # a run in stages: "run/2-finetune"
         epochs=[e for e, _, _ in records],
         valid={m: [valid.get(m) for _, _, valid in records] for m in metrics},
         losses={name: [loss.get(name) for _, loss, _ in records] for name in names},

@@ -181,7 +181,7 @@ def markdown(report: Report) -> str:
     head = report.metric.upper()
     lines = [f"# Study `{report.name}`", ""]
     n_users = next((len(a.runs[0].ranks(report.split)) for t in report.tables for a in t.arms
-                    if (a.runs[0].run_dir / "ranks.pt").is_file()), None)
+                    if (a.runs[0].folder / "ranks.pt").is_file()), None)
     lines += [f"{SPLIT_TITLES[report.split]}{f', {n_users} users' if n_users else ''}. Cells: mean ± std over "
               "seeds (sample std); **best** and <u>runner-up</u> per column."]
     if any(t.baseline for t in report.tables):

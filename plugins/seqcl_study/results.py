@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from seqcl.stages import results_folder
+
 from .files import load_ranks, read_jsonl
 from .plan import format_value
 from .stats import Comparison, SeedComparison
@@ -31,17 +33,24 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
 
+    @property
+    def folder(self) -> Path:
+        """Where its ``ranks.pt`` and ``metrics.jsonl`` are: a run in stages, its last stage's folder
+        (whose results ``summary.json`` reports)."""
+        return results_folder(self.run_dir)
+
     def ranks(self, split: str) -> np.ndarray:
         """FileNotFoundError if the run saved no ranks; a DataError naming a truncated file."""
-        return load_ranks(self.run_dir / "ranks.pt", split)
+        return load_ranks(self.folder / "ranks.pt", split)
 
     def history(self) -> list[dict[str, Any]]:
         """The per-epoch records of ``metrics.jsonl`` (empty when the file is absent)."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.folder / "metrics.jsonl"
         return read_jsonl(path) if path.is_file() else []
 
     def seconds_per_epoch(self) -> float:
-        """Mean wall seconds of an epoch (training and validation), from ``metrics.jsonl``; NaN without it."""
+        """Mean wall seconds of an epoch (training and validation), from ``metrics.jsonl``; NaN without it.
+        A run in stages: its last stage's epochs, as ``epochs_run`` and ``best_epoch`` are."""
         seconds = [float(r["seconds"]) for r in self.history() if "seconds" in r]
         return float(np.mean(seconds)) if seconds else math.nan
 

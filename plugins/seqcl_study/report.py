@@ -263,7 +263,9 @@ def markdown(report: Report) -> str:
 
 def _cost_table(table: Table) -> list[str]:
     """Best epoch, epochs run and wall time per arm (from summary.json and metrics.jsonl)."""
-    lines = ["Training cost (mean ± std over seeds; s / epoch includes validation):", "",
+    staged = any(r.folder != r.run_dir for a in table.arms for r in a.runs)
+    note = "; a run in stages: best epoch, epochs run and s / epoch of its last stage, wall time of all" * staged
+    lines = [f"Training cost (mean ± std over seeds; s / epoch includes validation{note}):", "",
              "| variant | best epoch | epochs run | s / epoch | wall time per run | wall time, all seeds |",
              "|---|---:|---:|---:|---:|---:|"]
     for arm in table.arms:

@@ -105,6 +105,7 @@ def test_report_compare_and_plot_read_a_run_in_stages_from_its_last_stage(tmp_pa
     assert len(seconds) == 2
     cost = next(line for line in md.splitlines() if line.startswith("| staged |") and line.endswith(" s |"))
     assert [c.strip() for c in cost.strip("|").split("|")][3] == f"{np.mean(seconds):.1f}"
+    assert "a run in stages: best epoch, epochs run and s / epoch of its last stage, wall time of all" in md
     curves = json.loads(Image.open(study / "plot-curves.png").text["Description"])
     assert curves["series"]["staged__s1"]["epoch"] == [1, 2]
 

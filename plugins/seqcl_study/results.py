@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
 
-    @property
+    @cached_property
     def folder(self) -> Path:
         """Where its ``ranks.pt`` and ``metrics.jsonl`` are: a run in stages, its last stage's folder
-        (whose results ``summary.json`` reports)."""
+        (whose results ``summary.json`` reports). Read once: the report asks for it per row and per plot."""
         return results_folder(self.run_dir)
 
     def ranks(self, split: str) -> np.ndarray:

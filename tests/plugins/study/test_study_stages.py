@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import pytest
-import yaml
+import csv
+import json
 
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from scipy import stats
+
+from seqcl.cli import main
 from seqcl.config import parse_assignment, resolve
 from seqcl.plugins import load_plugins
 from seqcl.training import train
 from seqcl_study.runner import _resume_leftover
 
 from conftest import TINY
+from study_helpers import write_spec
 
 STAGES = [{"name": "pre", "objective": "bce", "epochs": 1, "handoff_from": "last"},
           {"name": "fine", "objective": "ce", "epochs": 1}]
@@ -67,17 +76,6 @@ def test_report_compare_and_plot_read_a_run_in_stages_from_its_last_stage(tmp_pa
     """A run in stages keeps ranks.pt, ids.json and metrics.jsonl in its last stage's folder (its
     summary.json reports that stage): the report's tests and cost table, `seqcl compare` and
     `seqcl plot` read them there, as they read a plain run's from its own folder."""
-    import json
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from scipy import stats
-
-    from seqcl.cli import main
-
-    from study_helpers import write_spec
-
     stages = [{"name": "pre", "objective": "bce", "epochs": 1, "handoff_from": "last"},
               {"name": "fine", "objective": "ce", "epochs": 2}]
     spec = write_spec(tmp_path / "s.yaml", tiny_file, seeds=[1], baseline="plain",
@@ -94,7 +92,6 @@ def test_report_compare_and_plot_read_a_run_in_stages_from_its_last_stage(tmp_pa
     md = (study / "report.md").read_text()
     assert "no significance test" not in md
     with open(study / "report.csv") as fh:
-        import csv
         row = {r["label"]: r for r in csv.DictReader(fh)}["staged"]
     r_fine = torch.load(fine / "ranks.pt", weights_only=True)["test"].double().numpy()
     r_plain = torch.load(plain / "ranks.pt", weights_only=True)["test"].double().numpy()
